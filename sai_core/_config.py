@@ -1,0 +1,168 @@
+"""Variant knobs, named presets and hyperparameter validation for SGD-SaI.
+
+Every published SGD-SaI port is the paper's algorithm with a few choices made differently. Each
+choice is a *knob*; a *preset* names the set of knob values that reproduces one port exactly. The
+knobs and presets are defined here once and used by every backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+__all__ = [
+    "KNOB_VALUES",
+    "PRESETS",
+    "SaIConfig",
+    "resolve_config",
+    "validate_hyperparameters",
+]
+
+SnrKind = Literal["gsnr", "sqrt_numel"]
+NormalizeKind = Literal["max", "none"]
+DegenerateKind = Literal["sqrt_numel", "norm_over_eps", "norm"]
+VectorRuleKind = Literal["ratio", "norm"]
+MomentumInitKind = Literal["grad", "zeros"]
+
+# Allowed values of every knob; the first value of each tuple is the paper's choice.
+KNOB_VALUES: Mapping[str, tuple[Any, ...]] = {
+    "snr": ("gsnr", "sqrt_numel"),
+    "normalize": ("max", "none"),
+    "std_correction": (1, 0),
+    "degenerate": ("sqrt_numel", "norm_over_eps", "norm"),
+    "vector_rule": ("ratio", "norm"),
+    "momentum_init": ("grad", "zeros"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SaIConfig:
+    """The resolved variant knobs of one SGD-SaI optimizer (see ``docs/spec.md``).
+
+    Attributes:
+        snr: ``"gsnr"`` computes ``||g|| / (std(g) + eps)``; ``"sqrt_numel"`` uses ``sqrt(n)``.
+        normalize: ``"max"`` divides by the largest first-step g-SNR ``M``; ``"none"`` does not.
+        std_correction: ``1`` for the unbiased standard deviation, ``0`` for the biased one.
+        degenerate: g-SNR of a block with one element or a constant gradient.
+        vector_rule: ``"norm"`` gives blocks with ``ndim <= 1`` or ``shape[0] == 1`` the raw norm.
+        momentum_init: first momentum buffer ``g`` (``"grad"``) or ``(1 - mu) g`` (``"zeros"``).
+        preset: the preset these knobs started from (informational).
+    """
+
+    snr: SnrKind = "gsnr"
+    normalize: NormalizeKind = "max"
+    std_correction: int = 1
+    degenerate: DegenerateKind = "sqrt_numel"
+    vector_rule: VectorRuleKind = "ratio"
+    momentum_init: MomentumInitKind = "grad"
+    preset: str = "paper"
+
+    def knobs(self) -> dict[str, Any]:
+        """Returns the six knob values as a plain dict (the preset name excluded)."""
+        return {name: getattr(self, name) for name in KNOB_VALUES}
+
+
+# Named presets. Knobs that a preset leaves irrelevant (``sqrt_numel`` ignores the statistic's
+# knobs) keep the paper's value so that every config is complete.
+PRESETS: Mapping[str, Mapping[str, Any]] = {
+    # Algorithm 1 of arXiv 2412.11768, with the edge cases made safe.
+    "paper": {},
+    # PyPI sgd-sai 1.0.3 (the authors' release): no max-normalisation, std().nan_to_num()/(0+eps).
+    "sgd-sai-1.0.3": {"normalize": "none", "degenerate": "norm_over_eps"},
+    # The authors' unreleased "normalized" branch.
+    "sgd-sai-1.0.4": {"degenerate": "norm_over_eps"},
+    # The authors' nightly branch: the g-SNR is replaced by sqrt(numel), unnormalised.
+    "sgd-sai-1.1.0": {"snr": "sqrt_numel", "normalize": "none"},
+    # PyPI pytorch-optimizer 4.x, pytorch_optimizer.SGDSaI with its defaults.
+    "pytorch-optimizer-4": {
+        "normalize": "none",
+        "degenerate": "norm",
+        "vector_rule": "norm",
+        "momentum_init": "zeros",
+    },
+}
+
+
+def resolve_config(preset: str = "paper", **knob_overrides: Any) -> SaIConfig:
+    """Resolves a preset name plus knob overrides into a validated :class:`SaIConfig`.
+
+    Args:
+        preset: one of :data:`PRESETS`.
+        **knob_overrides: any of the knobs in :data:`KNOB_VALUES`, overriding the preset's value.
+
+    Returns:
+        The frozen configuration.
+
+    Raises:
+        ValueError: for an unknown preset or a knob value outside its allowed set.
+        TypeError: for a keyword that is not a knob.
+
+    Examples:
+        >>> resolve_config("sgd-sai-1.0.3").normalize
+        'none'
+        >>> resolve_config("paper", std_correction=0).std_correction
+        0
+    """
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ValueError(f"Invalid preset: {preset!r} (expected one of {sorted(PRESETS)})")
+    unknown = sorted(set(knob_overrides) - set(KNOB_VALUES))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument(s) {unknown}; the SGD-SaI knobs are {list(KNOB_VALUES)}"
+        )
+    values = {**PRESETS[preset], **knob_overrides}
+    for name, value in values.items():
+        allowed = KNOB_VALUES[name]
+        # bool is an int subclass; True/False are not valid std_correction values.
+        if isinstance(value, bool) or value not in allowed:
+            raise ValueError(f"Invalid {name}: {value!r} (expected one of {list(allowed)})")
+    return SaIConfig(preset=preset, **values)
+
+
+def _is_real_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_hyperparameters(
+    *,
+    lr: Any = None,
+    momentum: Any = None,
+    weight_decay: Any = None,
+    eps: Any = None,
+    maximize: Any = None,
+) -> None:
+    """Raises ``ValueError`` naming the argument and value for any invalid hyperparameter.
+
+    Arguments left as ``None`` are not checked. Numbers must be finite Python or NumPy reals;
+    a backend that accepts tensors (a torch ``lr`` tensor) validates those itself.
+
+    Examples:
+        >>> validate_hyperparameters(lr=0.1, momentum=0.9)
+        >>> validate_hyperparameters(momentum=1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid momentum: 1.0 (must satisfy 0 <= momentum < 1)
+    """
+    checks = (
+        ("lr", lr, lambda v: v >= 0, "lr >= 0"),
+        ("momentum", momentum, lambda v: 0 <= v < 1, "0 <= momentum < 1"),
+        ("weight_decay", weight_decay, lambda v: v >= 0, "weight_decay >= 0"),
+        ("eps", eps, lambda v: v >= 0, "eps >= 0"),
+    )
+    for name, value, ok, rule in checks:
+        if value is None:
+            continue
+        if not _is_real_number(value) and not _is_numpy_real(value):
+            raise ValueError(f"Invalid {name}: {value!r} (must be a real number with {rule})")
+        if not math.isfinite(float(value)) or not ok(float(value)):
+            raise ValueError(f"Invalid {name}: {value!r} (must satisfy {rule})")
+    if maximize is not None and not isinstance(maximize, bool):
+        raise ValueError(f"Invalid maximize: {maximize!r} (must be a bool)")
+
+
+def _is_numpy_real(value: Any) -> bool:
+    # NumPy scalars (np.float32(0.1)) are accepted without importing numpy here.
+    dtype = getattr(value, "dtype", None)
+    return getattr(value, "shape", None) == () and getattr(dtype, "kind", "") in "fiu" and dtype is not None
