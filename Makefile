@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements-dev.txt pyproject.toml
+# The editable install maps the packages that exist when it runs: a new sai_* package re-runs it.
+$(STAMP): requirements-dev.txt pyproject.toml $(wildcard sai_*/__init__.py backends/*/__init__.py conformance/*/__init__.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -r requirements-dev.txt
