@@ -1,0 +1,803 @@
+"""Every check of ``sai_keras`` on one Keras backend, run in this process; results written as JSON.
+
+Keras fixes its backend per process, so ``tests/test_keras_backends.py`` starts this script once
+per backend (``KERAS_BACKEND``) and asserts each result it reports. Run it by hand to debug::
+
+    KERAS_BACKEND=jax python tests/keras_backend_checks.py --out /tmp/jax.json
+    KERAS_BACKEND=tensorflow python tests/keras_backend_checks.py --out /tmp/tf.json --only fit
+
+Nothing is imported at module level beyond the standard library: pytest's doctest collection
+imports this file in its own process, which must never import Keras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+# Compile modes of model.fit per backend: (name, compile keyword arguments). "eager" is the
+# reference every compiled mode must reproduce.
+FIT_MODES: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+    "tensorflow": (
+        ("graph", {"jit_compile": False}),
+        ("xla", {"jit_compile": True}),
+        ("eager", {"run_eagerly": True}),
+    ),
+    "jax": (("jit", {"jit_compile": True}), ("eager", {"run_eagerly": True})),
+    "torch": (("default", {}), ("eager", {"run_eagerly": True})),
+}
+
+# Keras base-optimizer keywords checked end to end against the NumPy reference (see
+# _reference_fit): each variant's keyword arguments for SGDSaI.
+REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "exclude_bias_from_weight_decay": {"exclude_from_weight_decay": ["bias"]},
+    "gradient_accumulation_steps": {"gradient_accumulation_steps": 2},
+    "loss_scale_factor": {"loss_scale_factor": 1024.0},
+    "clipnorm": {"clipnorm": 0.5},
+    "global_clipnorm": {"global_clipnorm": 0.5},
+    "use_ema": {"use_ema": True, "ema_momentum": 0.8},
+    "lr_schedule": {"learning_rate": "exponential_decay"},
+    "momentum_0": {"momentum": 0.0},
+    "preset_pytorch_optimizer_4": {"preset": "pytorch-optimizer-4", "learning_rate": 2e-3},
+}
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 0.1
+
+
+def check_names(config: str) -> list[str]:
+    """The checks a backend configuration reports (``jax-x64`` runs float64 conformance only)."""
+    if config == "jax-x64":
+        return []
+    backend = config
+    names = ["doctests", "docs_example", "namespace_contract", "runner_discovery", "validation_errors"]
+    names.append("config_round_trip")
+    names += ["absent_gradient_none_equals_subset", "bfloat16_statistics_in_float32"]
+    if backend != "jax":  # eager TensorFlow and torch run only the taken branch of a cond
+        names.append("gsnr_evaluated_once_per_variable")
+    names += [f"fit_matches_reference[{variant}]" for variant in REFERENCE_VARIANTS]
+    for mode, _ in FIT_MODES[backend]:
+        names.append(f"fit[{mode}]_scales_fixed_after_first_step")
+        if mode != "eager":
+            names.append(f"fit[{mode}]_equals_eager")
+    names += ["save_load_continuation", "mixed_bfloat16", "mixed_float16_loss_scaling"]
+    names.append({"jax": "distribution_data_parallel_8", "tensorflow": "distribution_mirrored_2"}.get(backend, ""))
+    return [n for n in names if n]
+
+
+def conformance_plan(config: str) -> list[tuple[str, bool]]:
+    """(runner label, compiled) pairs whose golden-vector results a configuration reports."""
+    if config == "tensorflow":
+        return [("compiled", True), ("eager", False)]
+    return [("compiled", config != "torch")]
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers (imported lazily: they need Keras)
+
+
+@dataclasses.dataclass
+class _Result:
+    ok: bool
+    detail: str = ""
+
+
+def _np(x: Any):
+    import keras
+    import numpy as np
+
+    return np.asarray(keras.ops.convert_to_numpy(x)).astype(np.float64)
+
+
+def _max_rel(actual, expected) -> float:
+    import numpy as np
+
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    diff = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def _compare_blocks(actual: list, expected: list, rtol: float, what: str) -> _Result:
+    # Normwise per block, as the conformance harness compares (sai_conformance._tolerances).
+    if len(actual) != len(expected) or not expected:
+        return _Result(False, f"{what}: {len(actual)} blocks vs {len(expected)}")
+    worst = max((_max_rel(a, e), i) for i, (a, e) in enumerate(zip(actual, expected)))
+    return _Result(worst[0] <= rtol, f"{what}: worst block {worst[1]} max rel err {worst[0]:.3g} (rtol {rtol:g})")
+
+
+def _float32_trajectory_rtol() -> float:
+    # One documented table (sai_conformance.TOLERANCES): float32 drift over a few steps.
+    from sai_conformance import TOLERANCES
+
+    return TOLERANCES["float32"].trajectory
+
+
+# ----------------------------------------------------------------------------------------------
+# Data and models
+
+
+def _linear_data():
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((32, 6)).astype("float32")
+    y = (rng.standard_normal((32, 3)) + np.array([0.5, -1.0, 2.0])).astype("float32")
+    kernel = (0.3 * rng.standard_normal((6, 3))).astype("float32")
+    bias = (0.1 * rng.standard_normal(3)).astype("float32")
+    return x, y, kernel, bias
+
+
+def _make_optimizer(variant: dict[str, Any]):
+    import keras
+
+    from sai_keras import SGDSaI
+
+    kwargs = {"learning_rate": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, **variant}
+    if kwargs["learning_rate"] == "exponential_decay":
+        kwargs["learning_rate"] = keras.optimizers.schedules.ExponentialDecay(LR, decay_steps=2, decay_rate=0.5)
+    return SGDSaI(**kwargs)
+
+
+def _reference_fit(variant: dict[str, Any], x, y, kernel, bias, batch: int, epochs: int):
+    """The same training in float64 NumPy: analytic MSE gradients, ReferenceSGDSaI, Keras semantics.
+
+    Keras semantics reproduced here: gradient accumulation averages the micro-batches of a group
+    and applies once; clipping acts on the (averaged) gradient; EMA averages the weights after
+    every apply (the first average is the weights) and replaces them at the end of ``fit``; a
+    schedule is evaluated at the optimizer's iteration count before the step; ``loss_scale_factor``
+    scales the loss and divides the gradients back, which is exact here (a power of two).
+    """
+    import numpy as np
+
+    from sai_core import ReferenceSGDSaI
+
+    lr0 = variant.get("learning_rate", LR)
+    momentum = variant.get("momentum", MOMENTUM)
+    exclude_bias = "bias" in (variant.get("exclude_from_weight_decay") or [])
+    groups = [
+        {"params": [kernel.astype(np.float64)], "weight_decay": WEIGHT_DECAY},
+        {"params": [bias.astype(np.float64)], "weight_decay": 0.0 if exclude_bias else WEIGHT_DECAY},
+    ]
+    opt = ReferenceSGDSaI(groups, lr=0.0, momentum=momentum, preset=variant.get("preset", "paper"))
+    accumulate = variant.get("gradient_accumulation_steps") or 1
+    ema_momentum = variant.get("ema_momentum") if variant.get("use_ema") else None
+    average = None
+    pending = []
+    iterations = 0
+    applied = 0
+    for _ in range(epochs):
+        for start in range(0, len(x), batch):
+            xb, yb = x[start : start + batch].astype(np.float64), y[start : start + batch].astype(np.float64)
+            w, b = opt.params
+            d_pred = 2.0 * (xb @ w + b - yb) / yb.size
+            pending.append([xb.T @ d_pred, d_pred.sum(axis=0)])
+            iterations += 1
+            if len(pending) < accumulate:
+                continue
+            grads = [sum(g[i] for g in pending) / accumulate for i in range(2)]
+            pending = []
+            if variant.get("clipnorm"):
+                c = variant["clipnorm"]
+                grads = [g * c / max(np.sqrt(np.sum(g * g)), c) for g in grads]
+            if variant.get("global_clipnorm"):
+                c = variant["global_clipnorm"]
+                norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+                grads = [g * c * min(1.0 / norm, 1.0 / c) for g in grads]
+            if lr0 == "exponential_decay":
+                lr = LR * 0.5 ** (applied / 2)  # ExponentialDecay(LR, 2, 0.5) at the iteration count
+            else:
+                lr = lr0
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step(grads)
+            applied += 1
+            if ema_momentum is not None:
+                m = 0.0 if average is None else ema_momentum
+                average = [p.copy() if a is None else m * a + (1 - m) * p for a, p in zip(average or [None] * 2, opt.params)]
+    params = average if ema_momentum is not None else opt.params
+    return params, opt
+
+
+def _linear_model(kernel, bias, optimizer, **compile_kwargs):
+    import keras
+
+    model = keras.Sequential([keras.Input((kernel.shape[0],)), keras.layers.Dense(kernel.shape[1], name="dense")])
+    model.set_weights([kernel, bias])
+    model.compile(optimizer=optimizer, loss="mse", **compile_kwargs)
+    return model
+
+
+def _mlp_data():
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 20, size=(32, 4)).astype("int32")
+    # Opposite offsets keep the output bias's two gradient components apart: a 2-element gradient
+    # with nearly equal components has a huge, ill-conditioned g-SNR (the std cancels), which
+    # would make every scale (all divided by that M) sensitive to float32 rounding.
+    y = (rng.standard_normal((32, 2)) + [1.0, -1.0]).astype("float32")
+    return x, y
+
+
+def _mlp(initial_weights=None):
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((4,), dtype="int32"),
+            keras.layers.Embedding(20, 6, name="embedding"),  # sparse gradients on TensorFlow
+            keras.layers.Flatten(),
+            keras.layers.Dense(8, activation="tanh", name="hidden"),
+            keras.layers.Dense(2, name="out"),
+        ]
+    )
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
+    return model
+
+
+def _optimizer_state(optimizer) -> dict[str, Any]:
+    return {
+        "scales": [float(_np(s)) for s in optimizer.scales],
+        "initialized": [bool(_np(f)) for f in optimizer.initialized],
+        "max_gsnr": float(_np(optimizer.max_gsnr)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks
+
+
+def check_doctests() -> _Result:
+    import doctest
+
+    import sai_keras._ops_namespace
+    import sai_keras._optimizer
+
+    failed = attempted = 0
+    for module in (sai_keras._optimizer, sai_keras._ops_namespace):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
+        failed += result.failed
+        attempted += result.attempted
+    return _Result(failed == 0 and attempted > 0, f"{attempted} examples, {failed} failed")
+
+
+def check_docs_example() -> _Result:
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "keras.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+    if not blocks:
+        return _Result(False, "docs/keras.md has no python example")
+    with tempfile.TemporaryDirectory() as folder:
+        previous = os.getcwd()
+        os.chdir(folder)  # the example saves m.keras
+        try:
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                for block in blocks:
+                    exec(compile(block, str(doc), "exec"), {"__name__": "docs_keras_md"})
+        finally:
+            os.chdir(previous)
+    return _Result(True, f"{len(blocks)} example(s) ran; printed {printed.getvalue().strip()!r}")
+
+
+def check_namespace_contract() -> _Result:
+    import sai_keras._ops_namespace as namespace
+    from sai_core import NAMESPACE_CONTRACT
+
+    provided = set(namespace.__all__)
+    missing = [n for n in NAMESPACE_CONTRACT if not hasattr(namespace, n)]
+    extra = sorted(provided - set(NAMESPACE_CONTRACT))
+    return _Result(not missing and not extra, f"missing {missing}, beyond the contract {extra}")
+
+
+def check_runner_discovery() -> _Result:
+    import keras
+
+    from sai_conformance import available_runners
+
+    default = [r.name for r in available_runners()]
+    isolated = [r.name for r in available_runners(include_isolated=True)]
+    expected = f"keras-{keras.backend.backend()}"
+    ok = expected in isolated and not any(n.startswith("keras") for n in default)
+    return _Result(ok, f"default runners {default}; with isolated ones {isolated}")
+
+
+def check_validation_errors() -> _Result:
+    from sai_keras import SGDSaI
+
+    cases = [
+        ({"learning_rate": -1.0}, ValueError, ("learning_rate", "-1.0")),
+        ({"momentum": 1.0}, ValueError, ("momentum", "1.0")),
+        ({"weight_decay": -0.1}, ValueError, ("weight_decay", "-0.1")),
+        ({"epsilon": -1e-8}, ValueError, ("epsilon", "-1e-08")),
+        ({"maximize": "yes"}, ValueError, ("maximize", "'yes'")),
+        ({"preset": "adam"}, ValueError, ("preset", "'adam'")),
+        ({"std_correction": 2}, ValueError, ("std_correction", "2")),
+        ({"exclude_from_weight_decay": "bias"}, ValueError, ("exclude_from_weight_decay", "'bias'")),
+        ({"not_a_keyword": 1}, ValueError, ("not_a_keyword",)),
+    ]
+    problems = []
+    for kwargs, error, needles in cases:
+        try:
+            SGDSaI(**kwargs)
+        except error as raised:
+            missing = [n for n in needles if n not in str(raised)]
+            if missing:
+                problems.append(f"{kwargs}: message {str(raised)!r} lacks {missing}")
+        else:
+            problems.append(f"{kwargs}: no {error.__name__}")
+    import keras
+
+    optimizer = SGDSaI()
+    optimizer.build([keras.Variable([1.0, 2.0])])
+    try:
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+        problems.append("exclude_from_weight_decay after build did not raise")
+    except ValueError:
+        pass
+    return _Result(not problems, "; ".join(problems) or f"{len(cases) + 1} invalid inputs rejected by name")
+
+
+def check_config_round_trip() -> _Result:
+    import keras
+
+    from sai_keras import SGDSaI
+
+    optimizer = SGDSaI(
+        learning_rate=0.2, momentum=0.5, weight_decay=0.0, epsilon=1e-6, preset="sgd-sai-1.0.3",
+        maximize=True, std_correction=0, exclude_from_weight_decay=["bias", "norm"], clipnorm=1.0, name="custom_sai",
+    )
+    config = optimizer.get_config()
+    rebuilt = SGDSaI.from_config(dict(config)).get_config()
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))  # no custom_objects
+    ok = rebuilt == config and type(restored) is SGDSaI and restored.get_config() == config
+    ok = ok and config["std_correction"] == 0 and config["normalize"] == "none" and config["name"] == "custom_sai"
+    return _Result(ok, f"config {config}")
+
+
+def check_absent_gradient_none_equals_subset() -> _Result:
+    import keras
+    import numpy as np
+
+    from sai_keras import SGDSaI
+
+    rng = np.random.default_rng(5)
+    shapes = [(4, 3), (5,), (2, 2)]
+    initial = [rng.standard_normal(s).astype("float32") for s in shapes]
+    grads = [[rng.standard_normal(s).astype("float32") for s in shapes] for _ in range(3)]
+    finals = []
+    for style in ("none", "subset"):
+        variables = [keras.Variable(v, name=f"v{i}") for i, v in enumerate(initial)]
+        optimizer = SGDSaI(learning_rate=0.1)
+        optimizer.build(variables)
+        for step, row in enumerate(grads):
+            present = [i for i in range(len(shapes)) if not (i == 1 and step < 2)]  # block 1 late
+            if style == "none":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Keras warns about the None gradients
+                    optimizer.apply([row[i] if i in present else None for i in range(len(shapes))], variables)
+            else:
+                optimizer.apply([row[i] for i in present], [variables[i] for i in present])
+        finals.append([_np(v) for v in variables] + [_np(v) for v in optimizer.variables])
+    ok = all(np.array_equal(a, b) for a, b in zip(*finals))
+    return _Result(ok, "None gradients and a variable subset give identical state" if ok else "states differ")
+
+
+def check_gsnr_evaluated_once_per_variable() -> _Result:
+    import keras
+    import numpy as np
+
+    import sai_keras._optimizer as optimizer_module
+    from sai_keras import SGDSaI
+
+    rng = np.random.default_rng(4)
+    shapes = [(4, 3), (5,), (2, 2)]
+    variables = [keras.Variable(rng.standard_normal(s).astype("float32"), name=f"v{i}") for i, s in enumerate(shapes)]
+    optimizer = SGDSaI(learning_rate=0.1)
+    optimizer.build(variables)
+    calls = []
+    original = optimizer_module.raw_gsnr
+
+    def counting(grad, **kwargs):
+        calls.append(tuple(grad.shape))
+        return original(grad, **kwargs)
+
+    optimizer_module.raw_gsnr = counting
+    try:
+        for step in range(4):  # block 1 first gets a gradient at step 3
+            present = [i for i in range(3) if not (i == 1 and step < 2)]
+            grads = [rng.standard_normal(shapes[i]).astype("float32") for i in present]
+            optimizer.apply(grads, [variables[i] for i in present])
+    finally:
+        optimizer_module.raw_gsnr = original
+    ok = sorted(calls) == sorted(shapes)
+    return _Result(ok, f"g-SNR evaluations over 4 eager steps (one block late): {calls}")
+
+
+def check_bfloat16_statistics_in_float32() -> _Result:
+    import keras
+    import numpy as np
+
+    from sai_conformance import TOLERANCES
+    from sai_core import ReferenceSGDSaI
+    from sai_conformance._cases import round_to_dtype
+
+    rng = np.random.default_rng(9)
+    shapes = [(64, 64), (64,)]
+    grads = [round_to_dtype(0.3 + rng.standard_normal(s), "bfloat16") for s in shapes]
+    variables = [keras.Variable(np.ones(s), dtype="bfloat16", name=f"w{i}") for i, s in enumerate(shapes)]
+    from sai_keras import SGDSaI
+
+    optimizer = SGDSaI(learning_rate=0.1)
+    optimizer.apply([keras.ops.convert_to_tensor(g, dtype="bfloat16") for g in grads], variables)
+    reference = ReferenceSGDSaI([np.ones(s) for s in shapes], lr=0.1)
+    reference.step(grads)
+    # The scales are statistics of the exact bfloat16 gradient: computed in float32 they carry
+    # float32 error only (a bfloat16 sum of 4096 elements would be off by ~1e-2).
+    rtol = TOLERANCES["float32"].one_step
+    got = [float(_np(s)) for s in optimizer.scales] + [float(_np(optimizer.max_gsnr))]
+    want = [float(s) for s in reference.scale] + [float(reference.max_gsnr)]
+    errors = [abs(g - w) / abs(w) for g, w in zip(got, want)]
+    dtypes = {keras.backend.standardize_dtype(s.dtype) for s in optimizer.scales}
+    ok = max(errors) <= rtol and dtypes == {"float32"}
+    return _Result(ok, f"scale/M rel errors {errors} (rtol {rtol:g}, float32), scale dtypes {dtypes}")
+
+
+def check_fit_matches_reference(variant_name: str) -> _Result:
+    variant = REFERENCE_VARIANTS[variant_name]
+    x, y, kernel, bias = _linear_data()
+    optimizer = _make_optimizer(variant)
+    model = _linear_model(kernel, bias, optimizer)
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    params, reference = _reference_fit(variant, x, y, kernel, bias, batch=8, epochs=2)
+    rtol = _float32_trajectory_rtol()
+    weights = _compare_blocks([_np(w) for w in model.weights], params, rtol, "weights")
+    state = _optimizer_state(optimizer)
+    scales = _compare_blocks(state["scales"] + [state["max_gsnr"]], list(reference.scale) + [reference.max_gsnr], rtol, "S and M")
+    return _Result(weights.ok and scales.ok and all(state["initialized"]), f"{weights.detail}; {scales.detail}")
+
+
+def _fit_run(mode_kwargs: dict[str, Any], initial_weights) -> dict[str, Any]:
+    from sai_keras import SGDSaI
+
+    x, y = _mlp_data()
+    model = _mlp(initial_weights)
+    optimizer = SGDSaI(learning_rate=LR, weight_decay=WEIGHT_DECAY)
+    model.compile(optimizer=optimizer, loss="mse", **mode_kwargs)
+    model.fit(x[:8], y[:8], batch_size=8, epochs=1, shuffle=False, verbose=0)  # exactly one step
+    after_first = _optimizer_state(optimizer)
+    weights_first = [_np(w) for w in model.weights]
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    return {
+        "after_first": after_first,
+        "final_state": _optimizer_state(optimizer),
+        "weights_first": weights_first,
+        "weights": [_np(w) for w in model.weights],
+    }
+
+
+def fit_mode_checks(backend: str) -> dict[str, _Result]:
+    import numpy as np
+
+    initial = [np.asarray(w) for w in _mlp().get_weights()]
+    runs = {}
+    results: dict[str, _Result] = {}
+    for mode, kwargs in FIT_MODES[backend]:
+        try:
+            runs[mode] = _fit_run(kwargs, initial)
+        except Exception:  # reported per check, not fatal to the other modes
+            results[f"fit[{mode}]_scales_fixed_after_first_step"] = _Result(False, traceback.format_exc())
+            continue
+        run = runs[mode]
+        first, final = run["after_first"], run["final_state"]
+        moved = all(not np.array_equal(a, b) for a, b in zip(run["weights"], run["weights_first"]))
+        moved_first = all(not np.array_equal(a, b) for a, b in zip(run["weights_first"], initial))
+        ok = first == final and all(first["initialized"]) and min(first["scales"]) > 0 and moved and moved_first
+        results[f"fit[{mode}]_scales_fixed_after_first_step"] = _Result(
+            ok, f"after step 1 {first}; after 9 steps {final}; weights moved at step 1: {moved_first}, later: {moved}"
+        )
+    rtol = _float32_trajectory_rtol()
+    for mode, _ in FIT_MODES[backend]:
+        if mode == "eager":
+            continue
+        if mode not in runs or "eager" not in runs:
+            results[f"fit[{mode}]_equals_eager"] = _Result(False, "a run failed (see the scales check)")
+            continue
+        weights = _compare_blocks(runs[mode]["weights"], runs["eager"]["weights"], rtol, "weights vs run_eagerly")
+        scales = _compare_blocks(
+            runs[mode]["final_state"]["scales"], runs["eager"]["final_state"]["scales"], rtol, "scales vs run_eagerly"
+        )
+        results[f"fit[{mode}]_equals_eager"] = _Result(weights.ok and scales.ok, f"{weights.detail}; {scales.detail}")
+    return results
+
+
+def check_save_load_continuation() -> _Result:
+    import keras
+    import numpy as np
+
+    from sai_keras import SGDSaI
+
+    x, y = _mlp_data()
+    initial = [np.asarray(w) for w in _mlp().get_weights()]
+
+    def compiled(model):
+        model.compile(optimizer=SGDSaI(learning_rate=LR, weight_decay=WEIGHT_DECAY, exclude_from_weight_decay=["bias"]), loss="mse")
+        return model
+
+    interrupted = compiled(_mlp(initial))
+    interrupted.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "m.keras")
+        interrupted.save(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded = keras.models.load_model(path)  # sai_keras is imported; no custom_objects
+    skipped = [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]
+    restored = all(
+        np.array_equal(_np(a), _np(b)) for a, b in zip(interrupted.optimizer.variables, loaded.optimizer.variables)
+    ) and len(interrupted.optimizer.variables) == len(loaded.optimizer.variables)
+    same_config = loaded.optimizer.get_config() == interrupted.optimizer.get_config()
+    loaded.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    uninterrupted = compiled(_mlp(initial))
+    uninterrupted.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0)
+    weights = _compare_blocks(
+        [_np(w) for w in loaded.weights], [_np(w) for w in uninterrupted.weights], _float32_trajectory_rtol(), "2+2 vs 4 epochs"
+    )
+    state = _compare_blocks(
+        [_np(v) for v in loaded.optimizer.variables],
+        [_np(v) for v in uninterrupted.optimizer.variables],
+        _float32_trajectory_rtol(),
+        "optimizer variables",
+    )
+    ok = isinstance(loaded.optimizer, SGDSaI) and restored and same_config and not skipped and weights.ok and state.ok
+    return _Result(
+        ok,
+        f"type {type(loaded.optimizer).__name__}, state restored exactly: {restored}, config equal: {same_config}, "
+        f"skipped loads: {skipped}; {weights.detail}; {state.detail}",
+    )
+
+
+def _mixed_precision_run(policy: str) -> tuple[Any, Any, list[float]]:
+    import keras
+
+    from sai_keras import SGDSaI
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        x, y = _mlp_data()
+        model = _mlp()
+        model.compile(optimizer=SGDSaI(learning_rate=LR, weight_decay=WEIGHT_DECAY), loss="mse")
+        history = model.fit(x, y, batch_size=8, epochs=6, shuffle=False, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return model, model.optimizer, history.history["loss"]
+
+
+def check_mixed_bfloat16() -> _Result:
+    import keras
+    import numpy as np
+
+    model, optimizer, losses = _mixed_precision_run("mixed_bfloat16")
+    compute = {layer.compute_dtype for layer in model.layers if layer.weights}
+    state = _optimizer_state(optimizer)
+    dtypes = {keras.backend.standardize_dtype(v.dtype) for v in [*optimizer.scales, optimizer.max_gsnr, *optimizer.momentums]}
+    ok = (
+        compute == {"bfloat16"}
+        and dtypes == {"float32"}
+        and all(state["initialized"])
+        and 0 < min(state["scales"]) <= max(state["scales"]) == 1.0
+        and bool(np.all(np.isfinite(losses)))
+        and losses[-1] < losses[0]
+    )
+    return _Result(ok, f"compute dtypes {compute}, state dtypes {dtypes}, state {state}, losses {losses}")
+
+
+def check_mixed_float16_loss_scaling() -> _Result:
+    import keras
+    import numpy as np
+
+    from sai_keras import SGDSaI
+
+    model, wrapper, losses = _mixed_precision_run("mixed_float16")
+    inner = getattr(wrapper, "inner_optimizer", None)
+    if not isinstance(wrapper, keras.optimizers.LossScaleOptimizer) or not isinstance(inner, SGDSaI):
+        return _Result(False, f"optimizer {type(wrapper).__name__} / {type(inner).__name__}")
+    state = _optimizer_state(inner)
+    dtypes = {keras.backend.standardize_dtype(v.dtype) for v in [*inner.scales, inner.max_gsnr]}
+    ok = (
+        dtypes == {"float32"}
+        and all(state["initialized"])
+        and 0 < min(state["scales"]) <= max(state["scales"]) == 1.0
+        and bool(np.all(np.isfinite(losses)))
+        and losses[-1] < losses[0]
+    )
+    return _Result(ok, f"loss scale {float(_np(wrapper.dynamic_scale))}, state dtypes {dtypes}, state {state}, losses {losses}")
+
+
+def _distributed_vs_single(distributed: Callable[[], Any], batch: int) -> _Result:
+    """Trains the same model on one device and inside ``distributed()`` (a context manager)."""
+    import contextlib
+
+    import numpy as np
+
+    from sai_keras import SGDSaI
+
+    x, y = _mlp_data()
+    initial = [np.asarray(w) for w in _mlp().get_weights()]
+    trained = []
+    for context in (contextlib.nullcontext, distributed):
+        with context():
+            model = _mlp(initial)
+            model.compile(optimizer=SGDSaI(learning_rate=LR, weight_decay=WEIGHT_DECAY), loss="mse")
+            model.fit(x, y, batch_size=batch, epochs=2, shuffle=False, verbose=0)
+            trained.append(([_np(w) for w in model.weights], _optimizer_state(model.optimizer)))
+    # The replicas' gradients are summed in a different order than one device's batch.
+    rtol = _float32_trajectory_rtol()
+    weights = _compare_blocks(trained[1][0], trained[0][0], rtol, "weights vs one device")
+    scales = _compare_blocks(trained[1][1]["scales"], trained[0][1]["scales"], rtol, "scales vs one device")
+    return _Result(weights.ok and scales.ok, f"{weights.detail}; {scales.detail}")
+
+
+def check_distribution_data_parallel_8() -> _Result:
+    import contextlib
+
+    import jax
+    import keras
+
+    devices = jax.devices()
+    if len(devices) != 8:
+        return _Result(False, f"{len(devices)} devices; run with XLA_FLAGS=--xla_force_host_platform_device_count=8")
+
+    @contextlib.contextmanager
+    def data_parallel():
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(None)
+
+    result = _distributed_vs_single(data_parallel, batch=8)
+    return _Result(result.ok, f"8 host devices, one sample of each batch of 8 per device; {result.detail}")
+
+
+def check_distribution_mirrored_2() -> _Result:
+    import tensorflow as tf
+
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(devices) < 2:
+        return _Result(False, f"logical CPU devices {devices}")
+    strategy = tf.distribute.MirroredStrategy(devices[:2])
+    result = _distributed_vs_single(strategy.scope, batch=8)
+    return _Result(result.ok, f"MirroredStrategy over {devices[:2]}; {result.detail}")
+
+
+def conformance_results(compiled: bool, float64_only: bool) -> list[dict[str, Any]]:
+    from sai_conformance import check_case, load_cases
+    from sai_conformance._harness import MODES
+    from sai_conformance.runners.keras_runner import KerasRunner
+
+    runner = KerasRunner(compiled=compiled)
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns about every None gradient of absent blocks
+        for case in load_cases():
+            if float64_only and case.dtype != "float64":
+                continue
+            for mode in MODES:
+                out.append(dataclasses.asdict(check_case(runner, case, mode)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _prepare_backend(backend: str) -> None:
+    # Must run before anything initializes the backend's runtime.
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        (cpu,) = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+def run(config: str, only: str | None) -> dict[str, Any]:
+    backend = "jax" if config == "jax-x64" else config
+    if os.environ.get("KERAS_BACKEND") != backend:
+        raise SystemExit(f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')!r} but config {config!r} needs {backend!r}")
+    _prepare_backend(backend)
+    import keras
+
+    keras.utils.set_random_seed(0)
+    started = time.perf_counter()
+    checks: dict[str, dict[str, Any]] = {}
+    wanted = [n for n in check_names(config) if only is None or only in n]
+
+    def record(name: str, function: Callable[[], _Result]) -> None:
+        t0 = time.perf_counter()
+        try:
+            result = function()
+        except Exception:
+            result = _Result(False, traceback.format_exc())
+        checks[name] = {"ok": bool(result.ok), "detail": result.detail, "seconds": round(time.perf_counter() - t0, 2)}
+
+    simple = {
+        "doctests": check_doctests,
+        "docs_example": check_docs_example,
+        "namespace_contract": check_namespace_contract,
+        "runner_discovery": check_runner_discovery,
+        "validation_errors": check_validation_errors,
+        "config_round_trip": check_config_round_trip,
+        "absent_gradient_none_equals_subset": check_absent_gradient_none_equals_subset,
+        "bfloat16_statistics_in_float32": check_bfloat16_statistics_in_float32,
+        "gsnr_evaluated_once_per_variable": check_gsnr_evaluated_once_per_variable,
+        "save_load_continuation": check_save_load_continuation,
+        "mixed_bfloat16": check_mixed_bfloat16,
+        "mixed_float16_loss_scaling": check_mixed_float16_loss_scaling,
+        "distribution_data_parallel_8": check_distribution_data_parallel_8,
+        "distribution_mirrored_2": check_distribution_mirrored_2,
+    }
+    simple.update(
+        {f"fit_matches_reference[{v}]": (lambda v=v: check_fit_matches_reference(v)) for v in REFERENCE_VARIANTS}
+    )
+    for name in wanted:
+        if name in simple:
+            record(name, simple[name])
+    if any(n.startswith("fit[") for n in wanted):
+        t0 = time.perf_counter()
+        try:
+            mode_results = fit_mode_checks(backend)
+        except Exception:
+            mode_results = {n: _Result(False, traceback.format_exc()) for n in wanted if n.startswith("fit[")}
+        for name, result in mode_results.items():
+            checks[name] = {"ok": result.ok, "detail": result.detail, "seconds": round(time.perf_counter() - t0, 2)}
+    conformance: dict[str, list[dict[str, Any]]] = {}
+    if only is None or only == "conformance":
+        for label, compiled in conformance_plan(config):
+            t0 = time.perf_counter()
+            conformance[label] = conformance_results(compiled, float64_only=(config == "jax-x64"))
+            checks[f"conformance-{label}-seconds"] = {"ok": True, "detail": "", "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "config": config,
+        "backend": keras.backend.backend(),
+        "checks": checks,
+        "conformance": conformance,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="tensorflow, jax, jax-x64 or torch (default: KERAS_BACKEND)")
+    parser.add_argument("--out", required=True, help="where to write the JSON results")
+    parser.add_argument("--only", default=None, help="run only checks whose name contains this")
+    args = parser.parse_args(argv)
+    config = args.config or os.environ.get("KERAS_BACKEND", "")
+    results = run(config, args.only)
+    with open(args.out, "w") as handle:
+        json.dump(results, handle, indent=1)
+    failed = [n for n, c in results["checks"].items() if not c["ok"]]
+    failed += [f"{r['runner']} {r['case']} {r['mode']}" for rows in results["conformance"].values() for r in rows if r["status"] not in ("pass", "n/a", "xfail")]
+    print(f"{config}: {len(results['checks'])} checks, {len(failed)} failed, {results['seconds']} s", file=sys.stderr)
+    for name in failed:
+        print(f"  FAILED {name}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
