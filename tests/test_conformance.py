@@ -2,7 +2,8 @@
 
 Runners in modules marked ISOLATED (Keras: one backend per process) are replayed by their own
 backend's tests in subprocesses. Rerun one entry with
-``python -m pytest tests/test_conformance.py -k "RUNNER and CASE and MODE"``.
+``python -m pytest tests/test_conformance.py -k "RUNNER and CASE and MODE"`` or with the command a
+failure prints (``sai-conformance run --backend RUNNER --case CASE --mode MODE``).
 """
 
 from __future__ import annotations
@@ -60,5 +61,5 @@ def test_harness_reports_a_wrong_port(mode):
     result = check_case(_BiasedStdRunner(), case, mode)
     assert result.status == "fail"
     assert result.step == 0 and result.field in {"params", "scale"}
-    for needle in ("backend biased-std", "case shapes-paper-float64", "step 1", "max abs err", "max rel err", "Rerun: python -m pytest"):
+    for needle in ("backend biased-std", "case shapes-paper-float64", "step 1", "max abs err", "max rel err", "Rerun: sai-conformance run --backend biased-std --case shapes-paper-float64"):
         assert needle in result.detail

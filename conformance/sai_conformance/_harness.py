@@ -80,7 +80,7 @@ class CaseResult:
 
 def rerun_command(runner: str, case: str, mode: str) -> str:
     """The command that reruns exactly one runner, case and mode."""
-    return f'python -m pytest tests/test_conformance.py -k "{runner} and {case} and {mode}"'
+    return f"sai-conformance run --backend {runner} --case {case} --mode {mode}"
 
 
 @dataclasses.dataclass(frozen=True)

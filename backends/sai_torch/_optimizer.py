@@ -1,0 +1,291 @@
+"""``SGDSaI``: the torch.optim shell around :func:`sai_torch.sgd_sai` and the g-SNR initialization."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from sai_core import KNOB_VALUES, SaIConfig, resolve_config, validate_hyperparameters
+
+from ._functional import sgd_sai
+from ._gsnr import initial_scales
+
+__all__ = ["SGDSaI"]
+
+Tensor = torch.Tensor
+
+# Group entries added after the first release get their default here when an old checkpoint or
+# pickle is loaded (torch.optim's __setstate__ convention).
+_FLAG_DEFAULTS: dict[str, Any] = {"maximize": False, "foreach": None, "fused": None}
+
+
+def _validate_lr(lr: Any) -> None:
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1 or not lr.dtype.is_floating_point:
+            raise ValueError(
+                f"Invalid lr: a tensor lr must be a real floating tensor with one element, "
+                f"got shape {tuple(lr.shape)} and dtype {lr.dtype}"
+            )
+        if lr.requires_grad:
+            raise ValueError("Invalid lr: a tensor lr must not require grad (differentiable lr is not supported)")
+        # Read once at construction (not per step): a negative or non-finite lr is a bug.
+        value = float(lr.detach().to("cpu", torch.float64))
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"Invalid lr: {lr!r} (must satisfy lr >= 0)")
+        return
+    validate_hyperparameters(lr=lr)
+
+
+def _validate_flag(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"Invalid {name}: {value!r} (must be None, True or False)")
+
+
+def _validate_group(group: dict[str, Any], *, check_lr: bool = True) -> None:
+    if check_lr:
+        _validate_lr(group["lr"])
+    validate_hyperparameters(
+        momentum=group["momentum"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"]
+    )
+    _validate_flag("foreach", group["foreach"])
+    _validate_flag("fused", group["fused"])
+    if group["foreach"] and group["fused"]:
+        raise ValueError("Invalid foreach/fused: foreach=True and fused=True cannot be combined")
+
+
+@dataclasses.dataclass
+class _GroupWork:
+    """One parameter group's tensors that have a gradient this step, and their state."""
+
+    group: dict[str, Any]
+    params: list[Tensor]
+    grads: list[Tensor]
+    states: list[dict[str, Any]]
+    momentum_buffers: list[Tensor | None]
+    scales: list[float | None]
+
+
+class SGDSaI(Optimizer):
+    r"""SGD with momentum whose step is scaled, per tensor, by its gradient SNR at initialization.
+
+    SGD-SaI (arXiv 2412.11768) as specified in ``docs/spec.md``. For every parameter ``theta``
+    with a gradient ``g`` at this step (``g <- -g`` when ``maximize``; a parameter without a
+    gradient is left untouched), with ``n`` its number of elements:
+
+    .. math::
+
+        G &= \frac{\lVert g \rVert_2}{\operatorname{std}(g) + \epsilon}
+            \quad\text{at the tensor's first gradient } (\sqrt{n} \text{ if } n = 1
+            \text{ or } g \text{ is constant}) \\
+        S &= G / M, \quad M = \max G \text{ over the tensors of the first step, all groups} \\
+        m &\leftarrow \mu m + (1 - \mu) g \quad (m = g \text{ at the first gradient}) \\
+        \theta &\leftarrow \theta - \eta \lambda \theta - \eta S m
+
+    ``S`` and ``M`` are frozen: a tensor whose first gradient comes later uses the same ``M``.
+    State per tensor: ``momentum_buffer`` (none when ``momentum == 0``), ``scale`` (``S``) and
+    ``max_gsnr`` (``M``), the last two as Python floats, so ``state_dict`` restores them exactly
+    and a steady step reads no value from the device.
+
+    Args:
+        params: parameters or parameter groups (dicts whose ``lr``, ``momentum``,
+            ``weight_decay``, ``eps``, ``maximize``, ``foreach``, ``fused`` override the defaults).
+        lr: learning rate ``eta >= 0``; a float or a 1-element tensor (schedulers work with both).
+        momentum: ``mu`` in ``[0, 1)``; ``0`` stores no buffer.
+        weight_decay: decoupled weight decay ``lambda >= 0``, applied with this step's ``lr`` and
+            not scaled by ``S``.
+        eps: g-SNR denominator guard ``>= 0``.
+        preset: ``"paper"`` (default) or a published port's behaviour: ``"sgd-sai-1.0.3"``,
+            ``"sgd-sai-1.0.4"``, ``"sgd-sai-1.1.0"``, ``"pytorch-optimizer-4"``. Unnormalised
+            presets make a tensor's step about ``sqrt(n)`` times larger: retune ``lr``.
+        maximize: ascend the objective instead of descending it.
+        foreach: multi-tensor path (``None``: yes on every device; ``False``: the per-tensor path
+            built on ``sai_core``'s functions).
+        fused: the compiled single-pass kernel (``torch.compile``; compiles on first use).
+        **knob_overrides: ``snr``, ``normalize``, ``std_correction``, ``degenerate``,
+            ``vector_rule``, ``momentum_init``, overriding the preset's values.
+
+    Raises:
+        ValueError: an invalid hyperparameter, preset or knob value (the message names it).
+        TypeError: a keyword that is neither an argument nor a knob.
+
+    Examples:
+        >>> import torch
+        >>> from sai_torch import SGDSaI
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = SGDSaI(model.parameters(), lr=0.1)
+        >>> loss = model(torch.randn(8, 4)).square().mean()
+        >>> loss.backward()
+        >>> opt.step()
+        >>> [round(opt.state[p]["scale"], 4) for p in model.parameters()]
+        [0.1066, 1.0]
+        >>> opt.zero_grad()
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-2,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-2,
+        eps: float = 1e-8,
+        *,
+        preset: str = "paper",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        **knob_overrides: Any,
+    ) -> None:
+        self.config: SaIConfig = resolve_config(preset, **knob_overrides)
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "eps": eps,
+            "maximize": maximize,
+            "foreach": foreach,
+            "fused": fused,
+        }
+        _validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a group (also after the first step: its tensors initialize at their first gradient,
+        with the frozen ``M``), validating its hyperparameters."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            _validate_group(group)
+            for p in group["params"]:
+                if torch.is_complex(p):
+                    raise ValueError(
+                        f"Invalid params: a complex parameter of shape {tuple(p.shape)}; the g-SNR is "
+                        "defined for real tensors (optimize torch.view_as_real(p) instead)"
+                    )
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["config"] = self.config
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # Unpickling brings "config" in state; load_state_dict keeps the existing attribute; a
+        # pickle from before knobs existed gets the paper's.
+        self.__dict__.setdefault("config", resolve_config("paper"))
+        for group in self.param_groups:
+            for name, default in _FLAG_DEFAULTS.items():
+                group.setdefault(name, default)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict plus ``"sai_config"``: the preset and knob values it was made with."""
+        state = super().state_dict()
+        state["sai_config"] = {"preset": self.config.preset, **self.config.knobs()}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores buffers, scales and ``M`` exactly; refuses a checkpoint made with other knobs."""
+        saved = state_dict.get("sai_config")
+        if saved is not None:
+            saved_knobs = {name: saved.get(name) for name in KNOB_VALUES}
+            if saved_knobs != self.config.knobs():
+                raise ValueError(
+                    f"Invalid state_dict: saved with knobs {saved_knobs} (preset {saved.get('preset')!r}), "
+                    f"this optimizer has {self.config.knobs()} (preset {self.config.preset!r})"
+                )
+        super().load_state_dict(state_dict)
+
+    def _frozen_max_gsnr(self) -> float | None:
+        for state in self.state.values():
+            if "max_gsnr" in state:
+                return state["max_gsnr"]
+        return None
+
+    def _collect_group(self, group: dict[str, Any]) -> _GroupWork:
+        """The group's tensors that have a gradient, with their state (validated on the way)."""
+        _validate_group(group, check_lr=not isinstance(group["lr"], Tensor))
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        for p, grad in zip(params, grads):
+            if grad.is_sparse:
+                raise RuntimeError(
+                    f"SGDSaI does not support sparse gradients (parameter of shape {tuple(p.shape)}); "
+                    "use a dense gradient (e.g. nn.Embedding(sparse=False))"
+                )
+            if grad.is_complex():
+                raise RuntimeError(
+                    f"SGDSaI does not support complex gradients (parameter of shape {tuple(p.shape)}); "
+                    "the g-SNR is defined for real tensors: optimize torch.view_as_real(p) instead"
+                )
+        states = [self.state[p] for p in params]
+        return _GroupWork(
+            group,
+            params,
+            grads,
+            states,
+            [state.get("momentum_buffer") for state in states],
+            [state.get("scale") for state in states],
+        )
+
+    def _initialize(self, work: list[_GroupWork]) -> None:
+        """Computes ``S`` (and at the first such step ``M``) for every tensor at its first gradient."""
+        pending = [(w, i) for w in work for i, scale in enumerate(w.scales) if scale is None]
+        if not pending:
+            return
+        new_scales, max_gsnr = initial_scales(
+            [w.grads[i] for w, i in pending],
+            [w.group["eps"] for w, _ in pending],
+            max_gsnr=self._frozen_max_gsnr(),
+            config=self.config,
+        )
+        for (w, i), scale in zip(pending, new_scales):
+            w.states[i]["scale"] = scale
+            w.states[i]["max_gsnr"] = max_gsnr
+            w.scales[i] = scale
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Performs one optimization step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss; called exactly once.
+
+        Returns:
+            The closure's loss, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = [self._collect_group(group) for group in self.param_groups]
+        self._initialize(work)
+        for w in work:
+            if not w.params:
+                continue
+            group, lr = w.group, w.group["lr"]
+            sgd_sai(
+                w.params,
+                w.grads,
+                w.momentum_buffers,
+                w.scales,
+                # NumPy scalars become Python floats: they would turn torch expressions into arrays.
+                lr=lr if isinstance(lr, Tensor) else float(lr),
+                momentum=float(group["momentum"]),
+                weight_decay=float(group["weight_decay"]),
+                maximize=group["maximize"],
+                momentum_init=self.config.momentum_init,
+                foreach=group["foreach"],
+                fused=group["fused"],
+            )
+            for state, buffer in zip(w.states, w.momentum_buffers):
+                if buffer is not None and "momentum_buffer" not in state:
+                    state["momentum_buffer"] = buffer  # created by this step
+        return loss

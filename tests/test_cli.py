@@ -1,0 +1,196 @@
+"""The `sai-conformance` command line: run, check, usage errors and the default command.
+
+Each test drives ``main(argv)`` in-process on a few small cases; `identify` and `ports` are
+covered by tests/test_identify.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sai_conformance import _cli
+from sai_conformance._cli import build_parser, main
+from sai_conformance.runners._core import CoreRunner
+
+
+def _main(capsys, argv: list[str]) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors (choices)
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@dataclasses.dataclass(frozen=True)
+class UsageError:
+    desc: str
+    argv: list[str]
+    message: str  # must appear on stderr
+
+
+USAGE_ERRORS = [
+    UsageError("TARGET without a colon", ["identify", "sgd_sai"], "Invalid TARGET: 'sgd_sai' (expected module:attr"),
+    UsageError("TARGET whose module is missing", ["identify", "no_such_port:SGD"], "cannot import 'no_such_port'"),
+    UsageError("TARGET whose attribute is missing", ["check", "sgd_sai:Nope", "--preset", "paper"],
+               "has no attribute 'Nope'"),
+    UsageError("TARGET that is no optimizer", ["identify", "collections:OrderedDict"],
+               "is a type, not a torch.optim.Optimizer"),
+    UsageError("unknown preset", ["check", "sgd_sai:SGD_sai", "--preset", "adam"], "invalid choice: 'adam'"),
+    UsageError("unknown kind", ["identify", "sgd_sai:SGD_sai", "--kind", "mxnet"], "invalid choice: 'mxnet'"),
+    UsageError("unknown backend", ["run", "--backend", "cuda"], "Invalid --backend: 'cuda'"),
+    UsageError("unknown case", ["run", "--case", "no-such-case*"], "Invalid --case: 'no-such-case*'"),
+    UsageError("--kwargs that is not JSON", ["identify", "sgd_sai:SGD_sai", "--kwargs", "{lr: 1}"],
+               "Invalid --kwargs: '{lr: 1}' is not JSON"),
+    UsageError("--kwargs setting a hyperparameter", ["identify", "sgd_sai:SGD_sai", "--kwargs", '{"lr": 0.1}'],
+               "Invalid --kwargs: ['lr'] are hyperparameters"),
+]
+
+
+@pytest.mark.parametrize("error", USAGE_ERRORS, ids=[e.desc for e in USAGE_ERRORS])
+def test_usage_errors_name_the_argument_and_value(capsys, error):
+    code, out, err = _main(capsys, error.argv)
+    assert code == 2, f"{error.desc}: exit status {code}, stderr {err!r}"
+    assert error.message in err, f"{error.desc}: stderr {err!r} does not say {error.message!r}"
+
+
+def test_no_arguments_means_run(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_cli, "cmd_run", lambda args: calls.append(args) or 0)
+    assert main([]) == 0
+    (args,) = calls
+    assert args.command == "run" and args.backend is None and args.case is None
+
+
+def test_run_writes_table_json_and_markdown(capsys, tmp_path):
+    out_json, out_md = tmp_path / "run.json", tmp_path / "run.md"
+    code, out, _ = _main(capsys, ["run", "--backend", "numpy", "--case", "shapes-paper-float64",
+                                  "--json", str(out_json), "--markdown", str(out_md)])
+    assert code == 0, out
+    assert "1 golden cases x 1 runners (numpy) x 2 modes" in out and "PASS" in out
+    document = json.loads(out_json.read_text())
+    assert document["passed"] and [r["status"] for r in document["results"]] == ["pass", "pass"]
+    assert "| numpy | 1/1 | 1/1 | 0 | 0 | PASS |" in out_md.read_text()
+
+
+class _WrongRunner:
+    """A deliberately wrong backend: the paper case replayed with the biased std."""
+
+    name = "biased-std"
+
+    def __init__(self, crash: bool = False):
+        self.inner = CoreRunner(self.name, np, {"float64": np.float64, "float32": np.float32})
+        self.crash = crash
+
+    def not_applicable(self, case):
+        return self.inner.not_applicable(case)
+
+    def run(self, case, start, first_step, num_steps):
+        if self.crash:
+            raise RuntimeError("backend exploded")
+        altered = dataclasses.replace(case, knobs={**case.knobs, "std_correction": 0})
+        return self.inner.run(altered, start, first_step, num_steps)
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["wrong numbers", "raises"])
+def test_run_failure_says_where_and_how_to_rerun(capsys, monkeypatch, crash):
+    monkeypatch.setattr(_cli, "available_runners", lambda: [_WrongRunner(crash)])
+    argv = ["run", "--backend", "biased-std", "--case", "shapes-paper-float64", "--mode", "one_step"]
+    code, out, _ = _main(capsys, argv)
+    assert code == 1 and "FAIL" in out
+    rerun = "sai-conformance run --backend biased-std --case shapes-paper-float64 --mode one_step"
+    assert rerun in out, out
+    if crash:
+        assert "raised RuntimeError: backend exploded" in out
+    else:
+        for needle in ("case shapes-paper-float64", "step 1", "block", "max abs err", "max rel err"):
+            assert needle in out, f"{needle!r} missing from {out}"
+    # The rerun command selects exactly that runner, case and mode.
+    args = build_parser().parse_args(shlex.split(rerun)[1:])
+    assert (args.backend, args.case, args.mode) == (["biased-std"], ["shapes-paper-float64"], ["one_step"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("keras") is None or importlib.util.find_spec("tensorflow") is None,
+                    reason="keras with tensorflow is not installed")
+def test_run_replays_isolated_runners_in_their_own_process(capsys, tmp_path):
+    out_json = tmp_path / "run.json"
+    _main(capsys, ["run", "--backend", "keras-tensorflow", "--case", "shapes-paper-float32",
+                   "--mode", "trajectory", "--json", str(out_json)])
+    (result,) = json.loads(out_json.read_text())["results"]
+    assert result["runner"] == "keras-tensorflow" and result["case"] == "shapes-paper-float32"
+    assert "subprocess exited" not in result["detail"], result["detail"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckCase:
+    desc: str
+    argv: list[str]
+    code: int
+    says: tuple[str, ...]
+
+
+CHECKS = [
+    CheckCase("pytorch-optimizer 4.1.0 is its preset",
+              ["check", "pytorch_optimizer:SGDSaI", "--preset", "pytorch-optimizer-4"],
+              0, ("5/5 cases pass", "PASS")),
+    CheckCase(
+        "sgd-sai 1.0.3 is not the paper",
+        ["check", "sgd_sai:SGD_sai", "--preset", "paper", "--dtype", "float64"],
+        1,
+        ("maximize-paper-float64", "sgd_sai:SGD_sai has no `maximize` argument", "step 1, block",
+         "max rel err",
+         "rerun two_groups-paper-float64: sai-conformance check sgd_sai:SGD_sai --preset paper "
+         "--case two_groups-paper-float64"),
+    ),
+    CheckCase("sgd-sai 1.0.3 crashes on its own late-block case",
+              ["check", "sgd_sai:SGD_sai", "--preset", "sgd-sai-1.0.3"],
+              1, ("late_and_absent-sgd-sai-1.0.3-float64", "step 3 raised KeyError: 'gsnr'", "4/5 cases pass")),
+    CheckCase("our optax adapter on float32 shapes",
+              ["check", "sai_jax:sgd_sai", "--preset", "paper", "--case", "shapes-*", "late_and_absent-paper-float32",
+               "--dtype", "float32"],
+              0, ("shapes-paper-float32", "needs an absent gradient", "1/1 cases pass, 1 not applicable")),
+]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.desc for c in CHECKS])
+def test_check(capsys, check):
+    module = check.argv[1].split(":")[0]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
+    code, out, err = _main(capsys, check.argv)
+    assert code == check.code, f"{check.desc}: exit status {code}\n{out}{err}"
+    for needle in check.says:
+        assert needle in out, f"{check.desc}: {needle!r} missing from\n{out}"
+
+
+def test_identify_prints_the_verdict(capsys, tmp_path):
+    out_json = tmp_path / "identify.json"
+    code, out, _ = _main(capsys, ["identify", "pytorch_optimizer:SGDSaI", "--json", str(out_json)])
+    assert code == 0
+    assert "verdict: matches preset pytorch-optimizer-4 exactly" in out, out
+    assert json.loads(out_json.read_text())["preset"] == "pytorch-optimizer-4"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("optax") is None, reason="optax is not installed")
+def test_identify_of_an_optimizer_it_cannot_drive_says_so(capsys):
+    code, out, _ = _main(capsys, ["identify", "optax:adam"])
+    assert code == 1
+    assert "optax:adam has no `momentum` argument" in out and "verdict: no preset: nothing could be measured" in out
+    assert "no probe could run on this target" in out
+
+
+def test_python_dash_m_runs_the_command():
+    completed = subprocess.run(
+        [sys.executable, "-m", "sai_conformance", "run", "--backend", "numpy", "--case", "shapes-paper-float64"],
+        capture_output=True, text=True, check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "numpy" in completed.stdout and "PASS" in completed.stdout
