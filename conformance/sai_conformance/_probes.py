@@ -345,6 +345,18 @@ class _Prober:
         self.scalar_consistent: list[dict[str, Any]] | None = None
         self.momentum_init: str | None = None
 
+    def _replay(self, key: str, scenario: _Scenario) -> list[list[np.ndarray]] | None:
+        """Parameters before and after every step of ``scenario``; ``None`` (outcome recorded) on error."""
+        history: list[list[np.ndarray]] = []
+        try:
+            session = _open(self.target, self.dtype, scenario)
+            history.append(session.params())
+            _run(session, scenario.steps, scenario.hyper, history)
+        except Exception as exc:
+            self.outcomes[key] = _error(key, exc)
+            return None
+        return history
+
     def consistent(self) -> list[dict[str, Any]] | None:
         if self.gsnr_consistent is None:
             return None
@@ -476,13 +488,8 @@ class _Prober:
     # 5: a block whose first gradient comes late
     def probe_late(self) -> None:
         scenario = _late_scenario()
-        history: list[list[np.ndarray]] = []
-        try:
-            session = _open(self.target, self.dtype, scenario)
-            history.append(session.params())
-            _run(session, scenario.steps, scenario.hyper, history)
-        except Exception as exc:
-            self.outcomes["late"] = _error("late", exc)
+        history = self._replay("late", scenario)
+        if history is None:
             return
         if np.any(history[1][1] != history[0][1]):
             detail = "the block changed at step 1, before its first gradient"
@@ -508,13 +515,8 @@ class _Prober:
     # 6: an all-zero first gradient
     def probe_zero(self) -> None:
         scenario = _zero_scenario()
-        history: list[list[np.ndarray]] = []
-        try:
-            session = _open(self.target, self.dtype, scenario)
-            history.append(session.params())
-            _run(session, scenario.steps, scenario.hyper, history)
-        except Exception as exc:
-            self.outcomes["zero"] = _error("zero", exc)
+        history = self._replay("zero", scenario)
+        if history is None:
             return
         moved = [history[k + 1][1] - history[k][1] for k in (1, 2)]
         if not all(np.all(np.isfinite(d)) for d in moved):
@@ -529,13 +531,8 @@ class _Prober:
     # 7: 1-element blocks (and the constant gradient that pins the degenerate knob)
     def probe_scalar(self) -> None:
         scenario = _scalar_scenario()
-        history: list[list[np.ndarray]] = []
-        try:
-            session = _open(self.target, self.dtype, scenario)
-            history.append(session.params())
-            _run(session, scenario.steps, scenario.hyper, history)
-        except Exception as exc:
-            self.outcomes["scalar"] = _error("scalar", exc)
+        history = self._replay("scalar", scenario)
+        if history is None:
             return
         grads = scenario.steps[0]
         measured = _measure_two_steps(history[0], history[1], history[2], grads)
@@ -572,7 +569,7 @@ class _Prober:
         scenario = _Scenario(((8, 16), (7,)), (grads,), _hyper(maximize=True))
         history: list[list[np.ndarray]] = []
         try:
-            session = _open(self.target, self.dtype, scenario)
+            session = _open(self.target, self.dtype, scenario)  # kept: grads_modified is read below
             history.append(session.params())
             _run(session, scenario.steps, scenario.hyper, history)
         except Exception as exc:
@@ -591,13 +588,8 @@ class _Prober:
     def probe_momentum0(self) -> None:
         first, second = _two_block_grads(100), _two_block_grads(102)
         scenario = _Scenario(((8, 16), (7,)), (first, second), _hyper(momentum=0.0))
-        history: list[list[np.ndarray]] = []
-        try:
-            session = _open(self.target, self.dtype, scenario)
-            history.append(session.params())
-            _run(session, scenario.steps, scenario.hyper, history)
-        except Exception as exc:
-            self.outcomes["momentum0"] = _error("momentum0", exc)
+        history = self._replay("momentum0", scenario)
+        if history is None:
             return
         memory = []
         for block, (g1, g2) in enumerate(zip(first, second)):
