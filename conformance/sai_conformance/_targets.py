@@ -520,24 +520,15 @@ def _keras_backend() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _keras_stores_float64() -> bool:
-    # Asked of the backend rather than by its name: JAX without x64 silently stores float32.
-    import keras
+    from .runners.keras_runner import stores_float64  # lazy: imports keras
 
-    value = keras.ops.convert_to_tensor(keras.Variable(np.zeros(()), dtype="float64"))
-    return keras.backend.standardize_dtype(value.dtype) == "float64"
+    return stores_float64()
 
 
-@contextlib.contextmanager
-def _keras_floatx(dtype: str) -> Iterator[None]:
-    # The optimizer's learning-rate variable takes floatx: float64 runs need it in float64.
-    import keras
+def _keras_floatx(dtype: str) -> contextlib.AbstractContextManager[None]:
+    from .runners.keras_runner import floatx  # lazy: imports keras
 
-    previous = keras.config.floatx()
-    keras.config.set_floatx("float64" if dtype == "float64" else previous)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(previous)
+    return floatx(dtype)
 
 
 class _KerasSession(Session):

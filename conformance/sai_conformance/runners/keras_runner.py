@@ -52,7 +52,7 @@ class KerasRunner:
         self.backend = keras.backend.backend()
         self.name = f"keras-{self.backend}"
         self.compiled = compiled
-        self._float64 = _stores_float64()
+        self._float64 = stores_float64()
         self._cached: tuple[str, tuple[list[Any], Any, Callable[[list[Any]], None]]] | None = None
 
     def not_applicable(self, case: Case) -> str | None:
@@ -97,7 +97,7 @@ class KerasRunner:
         from sai_keras import SGDSaI
 
         hyper = case.hyper_at(0)[0]
-        with _floatx(case.dtype):
+        with floatx(case.dtype):
             # The learning-rate variable has floatx's dtype: float64 cases need it in float64.
             variables = [
                 keras.Variable(np.asarray(p, dtype=np.float64), dtype=case.dtype, name=f"block{i}")
@@ -123,7 +123,7 @@ def runners() -> list[KerasRunner]:
     return [KerasRunner()]
 
 
-def _stores_float64() -> bool:
+def stores_float64() -> bool:
     # Asked of the backend itself rather than by its name: JAX without x64 silently stores float32.
     import keras
 
@@ -132,7 +132,8 @@ def _stores_float64() -> bool:
 
 
 @contextlib.contextmanager
-def _floatx(dtype: str) -> Iterator[None]:
+def floatx(dtype: str) -> Iterator[None]:
+    # The optimizer's learning-rate variable takes floatx: float64 runs need it in float64.
     import keras
 
     previous = keras.config.floatx()
