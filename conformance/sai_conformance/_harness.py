@@ -230,22 +230,47 @@ def _declared(spec, name: str, default):
     return default
 
 
-def format_table(results: Sequence[CaseResult]) -> str:
-    """A plain-text table: one row per runner, pass counts per mode, then every failure."""
-    runners = list(dict.fromkeys(r.runner for r in results))
-    header = f"{'runner':<22} {'one-step':>12} {'trajectory':>12} {'n/a':>5} {'xfail':>6}  verdict"
-    lines = [header, "-" * len(header)]
-    for name in runners:
+@dataclasses.dataclass(frozen=True)
+class RunnerSummary:
+    """One runner's row of a results table."""
+
+    runner: str
+    passed: tuple[str, ...]  # "passed/ran" per mode, in MODES order
+    not_applicable: int  # cases (not case-mode pairs) the runner cannot express
+    xfails: int
+    ok: bool
+
+
+def summarize(results: Sequence[CaseResult]) -> list[RunnerSummary]:
+    """Pass counts per runner and mode, in the order the runners first appear."""
+    summaries = []
+    for name in dict.fromkeys(r.runner for r in results):
         rows = [r for r in results if r.runner == name]
         cells = []
         for mode in MODES:
-            mode_rows = [r for r in rows if r.mode == mode and r.status != "n/a"]
-            passed = sum(r.status == "pass" for r in mode_rows)
-            cells.append(f"{passed}/{len(mode_rows)}")
-        not_applicable = sum(r.status == "n/a" for r in rows) // len(MODES)
-        xfails = sum(r.status == "xfail" for r in rows)
-        verdict = "PASS" if all(r.ok for r in rows) else "FAIL"
-        lines.append(f"{name:<22} {cells[0]:>12} {cells[1]:>12} {not_applicable:>5} {xfails:>6}  {verdict}")
+            ran = [r for r in rows if r.mode == mode and r.status != "n/a"]
+            cells.append(f"{sum(r.status == 'pass' for r in ran)}/{len(ran)}")
+        summaries.append(
+            RunnerSummary(
+                runner=name,
+                passed=tuple(cells),
+                not_applicable=sum(r.status == "n/a" for r in rows) // len(MODES),
+                xfails=sum(r.status == "xfail" for r in rows),
+                ok=all(r.ok for r in rows),
+            )
+        )
+    return summaries
+
+
+def format_table(results: Sequence[CaseResult]) -> str:
+    """A plain-text table: one row per runner, pass counts per mode, then every failure."""
+    header = f"{'runner':<22} {'one-step':>12} {'trajectory':>12} {'n/a':>5} {'xfail':>6}  verdict"
+    lines = [header, "-" * len(header)]
+    for row in summarize(results):
+        verdict = "PASS" if row.ok else "FAIL"
+        lines.append(
+            f"{row.runner:<22} {row.passed[0]:>12} {row.passed[1]:>12} {row.not_applicable:>5} {row.xfails:>6}  {verdict}"
+        )
     failures = [r for r in results if not r.ok]
     if failures:
         lines.append("")

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from sai_core import KNOB_VALUES, resolve_config
 
-from ._harness import MODES, CaseResult
+from ._harness import CaseResult, summarize
 from ._identify import Identification
 from ._probes import PROBE_BY_KEY, PROBES
 
@@ -137,16 +137,9 @@ def format_check(target: str, preset: str, results: Sequence[CaseResult]) -> str
 def markdown_run_table(results: Sequence[CaseResult]) -> str:
     """``run --markdown``: pass counts per runner and mode, then every failure."""
     lines = ["| runner | one-step | trajectory | n/a | xfail | verdict |", "|---|---|---|---|---|---|"]
-    for name in dict.fromkeys(r.runner for r in results):
-        rows = [r for r in results if r.runner == name]
-        cells = []
-        for mode in MODES:
-            ran = [r for r in rows if r.mode == mode and r.status != "n/a"]
-            cells.append(f"{sum(r.status == 'pass' for r in ran)}/{len(ran)}")
-        not_applicable = sum(r.status == "n/a" for r in rows) // len(MODES)
-        xfails = sum(r.status == "xfail" for r in rows)
-        verdict = "PASS" if all(r.ok for r in rows) else "**FAIL**"
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {not_applicable} | {xfails} | {verdict} |")
+    for row in summarize(results):
+        verdict = "PASS" if row.ok else "**FAIL**"
+        lines.append(f"| {row.runner} | {row.passed[0]} | {row.passed[1]} | {row.not_applicable} | {row.xfails} | {verdict} |")
     failures = [r for r in results if not r.ok]
     if failures:
         lines += ["", "Failures:", ""]
