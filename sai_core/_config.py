@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 __all__ = [
+    "DEFAULT_HYPERPARAMETERS",
+    "DEFAULT_PRESET",
     "KNOB_VALUES",
     "PRESETS",
     "SaIConfig",
@@ -25,15 +27,33 @@ NormalizeKind = Literal["max", "none"]
 DegenerateKind = Literal["sqrt_numel", "norm_over_eps", "norm"]
 VectorRuleKind = Literal["ratio", "norm"]
 MomentumInitKind = Literal["grad", "zeros"]
+ZeroGradientKind = Literal["defer", "degenerate"]
 
-# Allowed values of every knob; the first value of each tuple is the paper's choice.
+# Allowed values of every knob; the first value of each tuple is the default preset's choice.
 KNOB_VALUES: Mapping[str, tuple[Any, ...]] = {
     "snr": ("gsnr", "sqrt_numel"),
-    "normalize": ("max", "none"),
+    "normalize": ("none", "max"),
     "std_correction": (1, 0),
     "degenerate": ("sqrt_numel", "norm_over_eps", "norm"),
     "vector_rule": ("ratio", "norm"),
     "momentum_init": ("grad", "zeros"),
+    "zero_gradient": ("defer", "degenerate"),
+}
+
+# The preset every optimizer uses unless told otherwise (SPEC v2): the authors' released algorithm
+# (no max-normalisation) with the edge cases made safe, so that learning rates and weight decays
+# taken from the paper, the published ports and (roughly) AdamW mean what they meant there.
+DEFAULT_PRESET = "sgd-sai"
+
+# Default hyperparameters of every backend (SPEC v2). lr 1e-3 under "sgd-sai": a tensor's step is
+# about lr * sqrt(n) times its momentum, the authors' units. Under "paper" the same run needs
+# lr * M and weight_decay / M (M, the largest first g-SNR, is 256 for a 0.8M-parameter GPT).
+DEFAULT_HYPERPARAMETERS: Mapping[str, Any] = {
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": 1e-2,
+    "eps": 1e-8,
+    "maximize": False,
 }
 
 
@@ -48,44 +68,51 @@ class SaIConfig:
         degenerate: g-SNR of a block with one element or a constant gradient.
         vector_rule: ``"norm"`` gives blocks with ``ndim <= 1`` or ``shape[0] == 1`` the raw norm.
         momentum_init: first momentum buffer ``g`` (``"grad"``) or ``(1 - mu) g`` (``"zeros"``).
+        zero_gradient: ``"defer"`` leaves a block whose first gradient is all zero uninitialized
+            (and untouched) until a nonzero one; ``"degenerate"`` treats it as a constant gradient.
         preset: the preset these knobs started from (informational).
     """
 
     snr: SnrKind = "gsnr"
-    normalize: NormalizeKind = "max"
+    normalize: NormalizeKind = "none"
     std_correction: int = 1
     degenerate: DegenerateKind = "sqrt_numel"
     vector_rule: VectorRuleKind = "ratio"
     momentum_init: MomentumInitKind = "grad"
-    preset: str = "paper"
+    zero_gradient: ZeroGradientKind = "defer"
+    preset: str = DEFAULT_PRESET
 
     def knobs(self) -> dict[str, Any]:
-        """Returns the six knob values as a plain dict (the preset name excluded)."""
+        """Returns the knob values as a plain dict (the preset name excluded)."""
         return {name: getattr(self, name) for name in KNOB_VALUES}
 
 
-# Named presets. Knobs that a preset leaves irrelevant (``sqrt_numel`` ignores the statistic's
-# knobs) keep the paper's value so that every config is complete.
+# Named presets: the knobs each one sets away from the default preset's values. Knobs that a preset
+# leaves irrelevant (``sqrt_numel`` ignores the statistic's knobs) keep the default so that every
+# config is complete.
 PRESETS: Mapping[str, Mapping[str, Any]] = {
-    # Algorithm 1 of arXiv 2412.11768, with the edge cases made safe.
-    "paper": {},
-    # PyPI sgd-sai 1.0.3 (the authors' release): no max-normalisation, std().nan_to_num()/(0+eps).
-    "sgd-sai-1.0.3": {"normalize": "none", "degenerate": "norm_over_eps"},
+    # The authors' released algorithm (no max-normalisation), with the edge cases made safe.
+    DEFAULT_PRESET: {},
+    # Algorithm 1 of arXiv 2412.11768 (max-normalised), with the edge cases made safe.
+    "paper": {"normalize": "max"},
+    # PyPI sgd-sai 1.0.3 (the authors' release): std().nan_to_num()/(0+eps); a zero first
+    # gradient is a constant one (G = 0 / eps = 0: the tensor is frozen).
+    "sgd-sai-1.0.3": {"degenerate": "norm_over_eps", "zero_gradient": "degenerate"},
     # The authors' unreleased "normalized" branch.
-    "sgd-sai-1.0.4": {"degenerate": "norm_over_eps"},
+    "sgd-sai-1.0.4": {"normalize": "max", "degenerate": "norm_over_eps", "zero_gradient": "degenerate"},
     # The authors' nightly branch: the g-SNR is replaced by sqrt(numel), unnormalised.
-    "sgd-sai-1.1.0": {"snr": "sqrt_numel", "normalize": "none"},
+    "sgd-sai-1.1.0": {"snr": "sqrt_numel", "zero_gradient": "degenerate"},
     # PyPI pytorch-optimizer 4.x, pytorch_optimizer.SGDSaI with its defaults.
     "pytorch-optimizer-4": {
-        "normalize": "none",
         "degenerate": "norm",
         "vector_rule": "norm",
         "momentum_init": "zeros",
+        "zero_gradient": "degenerate",
     },
 }
 
 
-def resolve_config(preset: str = "paper", **knob_overrides: Any) -> SaIConfig:
+def resolve_config(preset: str = DEFAULT_PRESET, **knob_overrides: Any) -> SaIConfig:
     """Resolves a preset name plus knob overrides into a validated :class:`SaIConfig`.
 
     Args:
@@ -100,8 +127,10 @@ def resolve_config(preset: str = "paper", **knob_overrides: Any) -> SaIConfig:
         TypeError: for a keyword that is not a knob.
 
     Examples:
-        >>> resolve_config("sgd-sai-1.0.3").normalize
-        'none'
+        >>> resolve_config().preset, resolve_config().normalize
+        ('sgd-sai', 'none')
+        >>> resolve_config("paper").normalize
+        'max'
         >>> resolve_config("paper", std_correction=0).std_correction
         0
     """

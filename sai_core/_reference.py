@@ -8,13 +8,21 @@ Any array-API namespace can be passed as ``xp=`` (the conformance suite runs it 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ._config import SaIConfig, resolve_config, validate_hyperparameters
-from ._math import raw_gsnr, scale_from_gsnr, update_momentum, update_param
+from ._config import DEFAULT_HYPERPARAMETERS, DEFAULT_PRESET, SaIConfig, resolve_config, validate_hyperparameters
+from ._math import (
+    NonFiniteGradientWarning,
+    is_informative,
+    raw_gsnr,
+    scale_from_gsnr,
+    update_momentum,
+    update_param,
+)
 
 __all__ = ["ReferenceSGDSaI"]
 
@@ -32,19 +40,28 @@ class ReferenceSGDSaI:
     .. math::
 
         G_i &= \\lVert g \\rVert_2 / (\\operatorname{std}(g) + \\epsilon)
-            \\quad\\text{(at the block's first gradient)} \\\\
-        S_i &= G_i / M, \\quad M = \\max_j G_j \\text{ over the blocks of the first step} \\\\
-        m_i &\\leftarrow \\mu m_i + (1 - \\mu) g \\quad (m_i = g \\text{ at the first gradient}) \\\\
+            \\quad\\text{(at the block's first informative gradient)} \\\\
+        S_i &= G_i \\quad (\\text{preset "paper": } G_i / M, \\ M = \\max_j G_j
+            \\text{ over the blocks initialized first}) \\\\
+        m_i &\\leftarrow \\mu m_i + (1 - \\mu) g \\quad (m_i = g \\text{ at initialization}) \\\\
         \\theta_i &\\leftarrow \\theta_i - \\eta \\lambda \\theta_i - \\eta S_i m_i
+
+    A first gradient that is not informative (a NaN or inf element, or all zeros under
+    ``zero_gradient="defer"``) leaves the block uninitialized and untouched, as if it had none; a
+    non-finite one also warns (:class:`sai_core.NonFiniteGradientWarning`, once per block). A
+    zero-size block never initializes and never changes.
 
     Args:
         params: a list of arrays, or a list of torch-style group dicts
             (``{"params": [...], "lr": 0.1}``) whose keys override the defaults below.
-        lr: learning rate ``eta >= 0``.
+        lr: learning rate ``eta >= 0`` (default ``1e-3``). Under the default preset ``"sgd-sai"``
+            a block's step is ``lr * G`` (about ``lr * sqrt(n)``) times its momentum; under
+            ``"paper"`` the same run needs ``lr * M``.
         momentum: ``mu`` in ``[0, 1)``; ``0`` stores no buffer.
-        weight_decay: decoupled weight decay ``lambda >= 0`` (not scaled by ``S``).
+        weight_decay: decoupled weight decay ``lambda >= 0`` (not scaled by ``S``); under
+            ``"paper"`` the same decay as ``"sgd-sai"`` needs ``weight_decay / M``.
         eps: g-SNR denominator guard.
-        preset: a name from :data:`sai_core.PRESETS`.
+        preset: a name from :data:`sai_core.PRESETS` (default ``"sgd-sai"``).
         maximize: ascend instead of descend.
         xp: array namespace (default NumPy).
         dtype: dtype of the optimizer's arrays (default float64).
@@ -57,21 +74,23 @@ class ReferenceSGDSaI:
 
     Examples:
         >>> import numpy as np
-        >>> opt = ReferenceSGDSaI([np.ones((2, 2)), np.ones(3)], lr=0.1, weight_decay=0.0)
+        >>> opt = ReferenceSGDSaI([np.ones((2, 2)), np.ones(3)], lr=0.01, weight_decay=0.0)
         >>> opt.step([np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([1.0, 0.0, -1.0])])
+        >>> [round(float(s), 4) for s in opt.scale]  # G = ||g|| / std(g)
+        [4.2426, 1.4142]
         >>> opt.params[1].round(4).tolist()
-        [0.9667, 1.0, 1.0333]
+        [0.9859, 1.0, 1.0141]
     """
 
     def __init__(
         self,
         params: Iterable[Array] | Iterable[Mapping[str, Any]],
         *,
-        lr: float = 1e-2,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-2,
-        eps: float = 1e-8,
-        preset: str = "paper",
+        lr: float = DEFAULT_HYPERPARAMETERS["lr"],
+        momentum: float = DEFAULT_HYPERPARAMETERS["momentum"],
+        weight_decay: float = DEFAULT_HYPERPARAMETERS["weight_decay"],
+        eps: float = DEFAULT_HYPERPARAMETERS["eps"],
+        preset: str = DEFAULT_PRESET,
         maximize: bool = False,
         xp: Any = None,
         dtype: Any = None,
@@ -111,6 +130,7 @@ class ReferenceSGDSaI:
         self.momentum_buffer: list[Array | None] = [None] * count
         self.max_gsnr: Array | None = None
         self.step_count = 0
+        self._warned_nonfinite: set[int] = set()
 
     def _block_hyperparameters(self) -> list[dict[str, Any]]:
         per_block: list[dict[str, Any]] = [{}] * len(self.params)
@@ -141,10 +161,21 @@ class ReferenceSGDSaI:
             present[i] = -grad if hyper[i]["maximize"] else grad
         self.step_count += 1
 
-        new_blocks = [i for i in present if self.scale[i] is None]
+        # A first gradient initializes its block only when informative; an uninformative one
+        # leaves the block untouched this step, exactly as if it had no gradient.
+        new_blocks = []
+        for i in [i for i in present if self.scale[i] is None]:
+            if bool(is_informative(present[i], config=config, xp=xp)):
+                new_blocks.append(i)
+                continue
+            grad = present.pop(i)
+            if i not in self._warned_nonfinite and not bool(xp.all(xp.isfinite(grad))):
+                self._warned_nonfinite.add(i)
+                block = f"parameter {i} (shape {tuple(self.params[i].shape)})"
+                warnings.warn(NonFiniteGradientWarning.message(block), NonFiniteGradientWarning, stacklevel=2)
         gsnrs = {i: raw_gsnr(present[i], eps=hyper[i]["eps"], config=config, xp=xp) for i in new_blocks}
         if self.max_gsnr is None and gsnrs:
-            # M is frozen at the first step where any block has a gradient, across all groups.
+            # M is frozen at the first step where any block initializes, across all groups.
             max_gsnr = None
             for value in gsnrs.values():
                 max_gsnr = value if max_gsnr is None else xp.where(value > max_gsnr, value, max_gsnr)

@@ -14,16 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from sai_core import PRESETS
+from sai_core import DEFAULT_HYPERPARAMETERS, DEFAULT_PRESET, PRESETS
 
 __all__ = ["CASE_TABLE", "CaseSpec", "SCENARIOS", "round_to_dtype"]
 
 NUM_STEPS = 4
 ALL_SHAPES: tuple[tuple[int, ...], ...] = ((), (1,), (7,), (1, 16), (16, 1), (8, 16), (3, 4, 5, 6))
-DEFAULT_HYPER: dict[str, Any] = {"lr": 1e-2, "momentum": 0.9, "weight_decay": 1e-2, "eps": 1e-8, "maximize": False}
+DEFAULT_HYPER: dict[str, Any] = dict(DEFAULT_HYPERPARAMETERS)
 
 # A gradient plan entry: "normal" (random, offset per block so g-SNRs differ), "zero", "constant",
-# "absent", or ("scaled", factor).
+# "absent", "nan" / "inf" / "-inf" (normal with one such element), ("scaled", factor) or
+# ("offset", mean) (normal around a given mean: a large mean makes a large g-SNR).
 Plan = Any
 
 
@@ -61,15 +62,44 @@ def _late_and_absent_plan(step: int, block: int) -> Plan:
     return "normal"
 
 
+def _first_gradients_plan(step: int, block: int) -> Plan:
+    # Block 1: NaN first, finite at step 2. Block 2: inf, then -inf, finite at step 3.
+    # Block 3: all zero twice (deferred under zero_gradient="defer"), nonzero at step 3.
+    plans = {(0, 1): "nan", (0, 2): "inf", (1, 2): "-inf", (0, 3): "zero", (1, 3): "zero"}
+    return plans.get((step, block), "normal")
+
+
+def _overflow_plan(step: int, block: int) -> Plan:
+    if step == 0:
+        return ("scaled", {0: 1e30, 1: 1e-30}.get(block, 1.0))
+    return "normal"
+
+
+def _zero_size_plan(step: int, block: int) -> Plan:
+    # Step 1: the zero-size blocks have (empty) gradients, the others all-zero ones, so under
+    # zero_gradient="defer" nothing initializes and M stays unset until step 2.
+    return "zero" if step == 0 and block in (1, 3) else "normal"
+
+
+def _zero_size_alone_plan(step: int, block: int) -> Plan:
+    return "absent" if step == 0 and block != 0 else "normal"
+
+
+def _late_above_max_plan(step: int, block: int) -> Plan:
+    if block == 2:
+        return "absent" if step < 2 else ("offset", 3.0)
+    return "normal"
+
+
 def _scales_plan(step: int, block: int) -> Plan:
     return ("scaled", {0: 1e-6, 1: 1e6}.get(block, 1.0))
 
 
-_LR_SCHEDULE = (1e-2, 0.0, 5e-3, 2e-2)
+_LR_SCHEDULE = (1e-3, 0.0, 5e-4, 2e-3)
 
 SCENARIOS: dict[str, Scenario] = {
     "shapes": Scenario(
-        "every required block shape, paper defaults", ALL_SHAPES, _one_group(ALL_SHAPES), _normal
+        "every required block shape, default hyperparameters", ALL_SHAPES, _one_group(ALL_SHAPES), _normal
     ),
     "degenerate": Scenario(
         "an all-zero and a constant first gradient, a 0-d and a (1,) block",
@@ -82,6 +112,36 @@ SCENARIOS: dict[str, Scenario] = {
         ((8, 16), (7,), (4, 4)),
         _one_group(((8, 16), (7,), (4, 4))),
         _late_and_absent_plan,
+    ),
+    "first_gradients": Scenario(
+        "NaN, inf / -inf and all-zero first gradients: each block initializes at its first informative one",
+        ((8, 16), (7,), (4, 4), (3, 4)),
+        _one_group(((8, 16), (7,), (4, 4), (3, 4))),
+        _first_gradients_plan,
+    ),
+    "overflow": Scenario(
+        "first gradients of scale 1e30 (float32 squares overflow) and 1e-30 (they underflow), eps 0",
+        ((8, 16), (7,), (16, 1)),
+        _one_group(((8, 16), (7,), (16, 1)), eps=0.0),
+        _overflow_plan,
+    ),
+    "zero_size": Scenario(
+        "zero-size blocks with (empty) gradients while every other first gradient is all zero",
+        ((0,), (8, 16), (2, 0, 3), (7,)),
+        _one_group(((0,), (8, 16), (2, 0, 3), (7,))),
+        _zero_size_plan,
+    ),
+    "zero_size_alone": Scenario(
+        "a zero-size block alone has a gradient at step 1; the others appear at step 2",
+        ((0, 4), (8, 16), (7,)),
+        _one_group(((0, 4), (8, 16), (7,))),
+        _zero_size_alone_plan,
+    ),
+    "late_above_max": Scenario(
+        "a block whose first gradient comes at step 3 with a g-SNR above M",
+        ((4, 4), (7,), (16, 8)),
+        _one_group(((4, 4), (7,), (16, 8))),
+        _late_above_max_plan,
     ),
     "grad_scales": Scenario(
         "gradients of scale 1e-6 and 1e6",
@@ -117,8 +177,8 @@ SCENARIOS: dict[str, Scenario] = {
         "two parameter groups with different lr, momentum, weight decay and eps; one global M",
         ((8, 16), (7,), (16, 1), (1, 16)),
         (
-            ((0, 1), lambda step: {**DEFAULT_HYPER, "lr": 1e-2, "momentum": 0.9, "weight_decay": 0.0}),
-            ((2, 3), lambda step: {**DEFAULT_HYPER, "lr": 5e-2, "momentum": 0.0, "weight_decay": 0.1, "eps": 1e-6}),
+            ((0, 1), lambda step: {**DEFAULT_HYPER, "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0}),
+            ((2, 3), lambda step: {**DEFAULT_HYPER, "lr": 5e-3, "momentum": 0.0, "weight_decay": 0.1, "eps": 1e-6}),
         ),
         _normal,
     ),
@@ -140,18 +200,29 @@ class CaseSpec:
 
 def _case_table() -> tuple[CaseSpec, ...]:
     specs = []
-    for scenario in ("shapes", "degenerate"):
+    both = ("float64", "float32")
+    # Every preset on the scenarios where presets differ most: shapes and first gradients.
+    for scenario in ("shapes", "degenerate", "first_gradients", "zero_size"):
         for preset in PRESETS:
-            for dtype in ("float64", "float32"):
+            for dtype in both:
                 specs.append(CaseSpec(scenario, preset, dtype))
     for preset in PRESETS:
         specs.append(CaseSpec("late_and_absent", preset, "float64"))
-    specs.append(CaseSpec("late_and_absent", "paper", "float32"))
+    for preset in (DEFAULT_PRESET, "paper"):
+        specs.append(CaseSpec("late_and_absent", preset, "float32"))
+        for scenario in ("late_above_max", "zero_size_alone"):
+            for dtype in both:
+                specs.append(CaseSpec(scenario, preset, dtype))
+        for dtype in ("float64", "float32", "bfloat16"):
+            specs.append(CaseSpec("overflow", preset, dtype))
     for scenario in ("grad_scales", "lr_schedule", "momentum_0", "momentum_0.99", "maximize", "two_groups"):
-        for dtype in ("float64", "float32"):
-            specs.append(CaseSpec(scenario, "paper", dtype))
-    for scenario in ("shapes", "degenerate", "two_groups"):
-        specs.append(CaseSpec(scenario, "paper", "bfloat16"))
+        for dtype in both:
+            specs.append(CaseSpec(scenario, DEFAULT_PRESET, dtype))
+    for dtype in both:  # one M across groups only matters when scales are divided by it
+        specs.append(CaseSpec("two_groups", "paper", dtype))
+    for scenario in ("shapes", "degenerate", "first_gradients", "two_groups"):
+        specs.append(CaseSpec(scenario, DEFAULT_PRESET, "bfloat16"))
+    specs.append(CaseSpec("shapes", "paper", "bfloat16"))
     return tuple(specs)
 
 
@@ -197,9 +268,13 @@ def build_inputs(spec: CaseSpec) -> dict[str, Any]:
                 values = np.zeros(shape)
             elif entry == "constant":
                 values = np.full(shape, 0.375)
+            elif isinstance(entry, tuple) and entry[0] == "offset":
+                values = entry[1] + rng.standard_normal(shape)
             else:
                 factor = entry[1] if isinstance(entry, tuple) else 1.0
                 values = factor * (offsets[block] + rng.standard_normal(shape))
+                if entry in ("nan", "inf", "-inf"):
+                    values.reshape(-1)[0] = float(entry)
             row.append(round_to_dtype(values, spec.dtype))
         grads.append(row)
     groups = [(params, [hyper(step) for step in range(NUM_STEPS)]) for params, hyper in scenario.groups]
