@@ -104,9 +104,9 @@ def test_reference_runs_in_every_namespace(xp):
 # ---------------------------------------------------------------------------------------------
 # Properties (hypothesis), on float64 NumPy.
 
-# The statistic is sqrt(sum(g * g)): valid while the squares are representable, i.e. |g| well
-# above 1e-154 in float64 (docs/spec.md, "Numerical range"). The strategies respect that domain.
-finite = st.one_of(st.just(0.0), st.floats(min_value=1e-100, max_value=1e3), st.floats(min_value=-1e3, max_value=-1e-100))
+# The statistic rescales by a power of two where the squares would overflow or underflow
+# (docs/spec.md, "Numerical range"), so the properties hold over every finite float64.
+finite = st.one_of(st.just(0.0), st.floats(allow_nan=False, allow_infinity=False))
 shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=9)
 
 
@@ -185,19 +185,152 @@ def test_scale_with_zero_max_is_zero_not_nan():
 
 
 def test_presets_resolve_to_spec_table():
+    # SPEC v2, "Named presets": snr, normalize, std_correction, degenerate, vector_rule,
+    # momentum_init, zero_gradient ("-" there is None here: irrelevant under sqrt_numel).
     table = {
-        "paper": ("gsnr", "max", 1, "sqrt_numel", "ratio", "grad"),
-        "sgd-sai-1.0.3": ("gsnr", "none", 1, "norm_over_eps", "ratio", "grad"),
-        "sgd-sai-1.0.4": ("gsnr", "max", 1, "norm_over_eps", "ratio", "grad"),
-        "sgd-sai-1.1.0": ("sqrt_numel", "none", None, None, None, "grad"),
-        "pytorch-optimizer-4": ("gsnr", "none", 1, "norm", "norm", "zeros"),
+        "sgd-sai": ("gsnr", "none", 1, "sqrt_numel", "ratio", "grad", "defer"),
+        "paper": ("gsnr", "max", 1, "sqrt_numel", "ratio", "grad", "defer"),
+        "sgd-sai-1.0.3": ("gsnr", "none", 1, "norm_over_eps", "ratio", "grad", "degenerate"),
+        "sgd-sai-1.0.4": ("gsnr", "max", 1, "norm_over_eps", "ratio", "grad", "degenerate"),
+        "sgd-sai-1.1.0": ("sqrt_numel", "none", None, None, None, "grad", "degenerate"),
+        "pytorch-optimizer-4": ("gsnr", "none", 1, "norm", "norm", "zeros", "degenerate"),
     }
     assert set(table) == set(sai_core.PRESETS)
+    assert sai_core.DEFAULT_PRESET == "sgd-sai" and resolve_config().preset == "sgd-sai"
     for preset, row in table.items():
         knobs = resolve_config(preset).knobs()
+        assert list(knobs) == list(sai_core.KNOB_VALUES)
         for (name, value), want in zip(knobs.items(), row):
-            if want is not None:  # "-" in the SPEC table: irrelevant under sqrt_numel
+            if want is not None:
                 assert value == want, (preset, name)
+
+
+def test_default_hyperparameters_are_spec_v2():
+    assert dict(sai_core.DEFAULT_HYPERPARAMETERS) == {
+        "lr": 1e-3,
+        "momentum": 0.9,
+        "weight_decay": 1e-2,
+        "eps": 1e-8,
+        "maximize": False,
+    }
+    opt = ReferenceSGDSaI([np.ones(2)])
+    assert opt.defaults == dict(sai_core.DEFAULT_HYPERPARAMETERS)
+    assert opt.config == resolve_config("sgd-sai")
+
+
+# ---------------------------------------------------------------------------------------------
+# Informative first gradients and the overflow-safe statistic (SPEC v2 step 2).
+
+INFORMATIVE = [
+    # (desc, gradient, preset, informative)
+    ("ordinary", np.array([1.0, -2.0, 0.5]), "sgd-sai", True),
+    ("one zero element", np.array([0.0, 0.0, 3.0]), "sgd-sai", True),
+    ("all zero, defer", np.zeros((2, 3)), "sgd-sai", False),
+    ("all zero, paper defers too", np.zeros((2, 3)), "paper", False),
+    ("all negative zero", -np.zeros(4), "sgd-sai", False),
+    ("all zero, port preset: a constant gradient", np.zeros((2, 3)), "sgd-sai-1.0.3", True),
+    ("a NaN", np.array([1.0, np.nan, 2.0]), "sgd-sai", False),
+    ("a NaN, port preset", np.array([1.0, np.nan, 2.0]), "pytorch-optimizer-4", False),
+    ("+inf", np.array([np.inf, 1.0]), "sgd-sai", False),
+    ("-inf", np.array([-np.inf, 1.0]), "sgd-sai-1.0.4", False),
+    ("zero-size", np.zeros((0, 3)), "sgd-sai", False),
+    ("zero-size, port preset", np.zeros((0,)), "sgd-sai-1.0.3", False),
+    ("largest finite float64", np.array([1.7e308, -1.7e308]), "sgd-sai", True),
+    ("smallest subnormal float64", np.array([5e-324, 0.0]), "sgd-sai", True),
+]
+
+
+@pytest.mark.parametrize("grad, preset, want", [c[1:] for c in INFORMATIVE], ids=[c[0] for c in INFORMATIVE])
+def test_is_informative(grad, preset, want):
+    with np.errstate(all="ignore"):
+        assert bool(sai_core.is_informative(grad, config=resolve_config(preset), xp=np)) is want
+
+
+def test_is_informative_under_array_api_strict():
+    import array_api_strict as xps
+
+    config = resolve_config()
+    assert bool(sai_core.is_informative(xps.asarray([0.0, 1.0]), config=config))
+    assert not bool(sai_core.is_informative(xps.asarray([0.0, 0.0]), config=config))
+    assert not bool(sai_core.is_informative(xps.asarray([float("nan"), 1.0]), config=config))
+
+
+def _unscaled_gsnr(g: np.ndarray, eps: float) -> np.ndarray:
+    """raw_gsnr's formula for the default knobs without the power-of-two scaling, same NumPy ops."""
+    n = g.size
+    norm = np.sqrt(np.sum(g * g))
+    centred = g - np.sum(g) / n
+    std = np.sqrt(np.sum(centred * centred) / (n - 1))
+    return norm / (std + eps)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=hnp.arrays(
+        np.float32,
+        st.integers(2, 64),
+        elements=st.floats(-1e6, 1e6, width=32, allow_nan=False, allow_infinity=False),
+    )
+)
+def test_in_range_gradients_take_the_unscaled_path_bit_for_bit(values):
+    if values.max() == values.min() or np.abs(values).max() < 2.0**-39:
+        return  # degenerate, or below the float32 safe range: another path by design
+    config = resolve_config()
+    got = raw_gsnr(values, eps=1e-8, config=config, xp=np)
+    assert got.dtype == np.float32
+    assert got.tobytes() == np.float32(_unscaled_gsnr(values, 1e-8)).tobytes()
+
+
+# float32 values times 2**-140 would be subnormal (fewer significant bits: no exact rescale); that
+# input is covered by OVERFLOW below.
+RESCALES = [(np.float32, k) for k in (-100, -60, -20, 20, 60, 100, 120)] + [
+    (np.float64, k) for k in (-1000, -600, -140, -20, 20, 140, 600, 1000)
+]
+
+
+@pytest.mark.parametrize("dtype, exponent", RESCALES, ids=[f"{d.__name__}-2**{k}" for d, k in RESCALES])
+def test_power_of_two_rescaling_is_exact(dtype, exponent):
+    # G(g * 2**k, eps * 2**k) == G(g, eps) exactly, also where the squares of g * 2**k overflow or
+    # underflow: the statistic rescales by a power of two, which is exact. float32 cannot hold
+    # 2**k itself for |k| > 126: the factor is applied to the float64 values before rounding.
+    rng = np.random.default_rng(exponent + 1000)
+    base = (0.3 + rng.standard_normal(257)).astype(dtype)
+    scaled = (base.astype(np.float64) * 2.0**exponent).astype(dtype)
+    assert np.array_equal(scaled.astype(np.float64) / 2.0**exponent, base.astype(np.float64))
+    config = resolve_config()
+    # eps a power of two that stays normal after the rescale, so eps * 2**k is exact too (a Python
+    # float: it takes the statistic's dtype, as a user's eps does).
+    eps = 2.0**-6 if exponent > -100 and 2.0**-6 * 2.0**exponent < np.finfo(dtype).max else 0.0
+    want = raw_gsnr(base, eps=eps, config=config, xp=np)
+    got = raw_gsnr(scaled, eps=eps * 2.0**exponent, config=config, xp=np)
+    assert got.dtype == dtype
+    assert np.isfinite(got) and float(got) == float(want)
+
+
+OVERFLOW = [
+    # (desc, shape, scale): the float32 statistic, unscaled, overflows or underflows here.
+    ("1e30: squares overflow float32", (8, 16), 1e30),
+    ("1e16 in a 2048x2048 tensor: the sum of squares overflows", (2048, 2048), 1e16),
+    ("1e-30: squares underflow float32", (8, 16), 1e-30),
+    ("subnormal float32 gradient", (64,), 1e-42),
+    ("near the float32 maximum", (7,), 1e38),
+]
+
+
+@pytest.mark.parametrize("shape, scale", [c[1:] for c in OVERFLOW], ids=[c[0] for c in OVERFLOW])
+def test_float32_statistic_matches_float64_for_extreme_gradients(shape, scale):
+    from sai_conformance._tolerances import TOLERANCES
+
+    rng = np.random.default_rng(7)
+    with np.errstate(over="ignore"):
+        grad = ((0.3 + rng.standard_normal(shape)) * scale).astype(np.float32)
+    assert np.all(np.isfinite(grad))
+    config = resolve_config()
+    got = float(raw_gsnr(grad, eps=0.0, config=config, xp=np))
+    want = float(raw_gsnr(grad.astype(np.float64), eps=0.0, config=config, xp=np))
+    # Subnormal inputs carry fewer significant bits; the statistic of the rounded values is what
+    # both compute, so the float32 one-step tolerance still applies.
+    assert math.isfinite(got) and abs(got - want) <= TOLERANCES["float32"].one_step * want
 
 
 # ---------------------------------------------------------------------------------------------

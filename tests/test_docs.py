@@ -28,8 +28,11 @@ def _worked_example() -> dict[str, np.ndarray]:
     return values
 
 
+LR, MU, WD = 0.01, 0.9, 0.01  # the page's hyperparameters (preset sgd-sai, the default)
+
+
 def _computed(doc: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    lr, mu, wd = 0.1, 0.9, 0.01
+    lr, mu, wd = LR, MU, WD
     opt = ReferenceSGDSaI([doc["W0"], doc["b0"]], lr=lr, momentum=mu, weight_decay=wd)
     out = {}
     for name in ("W", "b"):
@@ -62,3 +65,32 @@ def test_worked_example_number(name):
 def test_every_documented_number_is_checked():
     inputs = {"W0", "b0", "g1_W", "g1_b", "g2_W", "g2_b"}
     assert set(DOC_VALUES) - inputs == set(COMPUTED)
+
+
+def test_paper_with_converted_lr_and_weight_decay_is_the_same_run():
+    # docs/spec.md, "Learning rate and weight decay across presets": lr * M and wd / M.
+    grads = [[DOC_VALUES["g1_W"], DOC_VALUES["g1_b"]], [DOC_VALUES["g2_W"], DOC_VALUES["g2_b"]]]
+    m = float(COMPUTED["M"])
+    paper = ReferenceSGDSaI(
+        [DOC_VALUES["W0"], DOC_VALUES["b0"]], lr=LR * m, momentum=MU, weight_decay=WD / m, preset="paper"
+    )
+    for g in grads:
+        paper.step(g)
+    for name, value in zip(("W2", "b2"), paper.params):
+        np.testing.assert_allclose(value, COMPUTED[name], rtol=1e-13, atol=0)
+    # The same numbers unconverted are a different run: the conversion is what makes them equal.
+    unconverted = ReferenceSGDSaI([DOC_VALUES["W0"], DOC_VALUES["b0"]], lr=LR, momentum=MU, weight_decay=WD, preset="paper")
+    for g in grads:
+        unconverted.step(g)
+    assert np.max(np.abs(unconverted.params[0] - COMPUTED["W2"])) > 1e-2
+
+
+def test_readme_python_examples_run():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks, "README.md lost its Python example"
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    # The example's claim: S = G = ||g|| / std(g) under the default preset.
+    assert [round(float(s), 4) for s in namespace["opt"].scale] == [4.2426, 1.4142]

@@ -12,12 +12,19 @@ from sai_conformance._golden import GOLDEN_PACKAGE_DIR
 from sai_conformance.generate import generate
 from sai_core import PRESETS
 
-# SPEC.md, "Conformance": cases cover at least these.
+# SPEC.md (version 2), "Conformance": cases cover at least these.
 REQUIRED_FEATURES = (
     [f"shape {s}" for s in [(), (1,), (7,), (1, 16), (16, 1), (8, 16), (3, 4, 5, 6)]]
     + [
+        "zero-size block",
+        "zero-size block alone at step 1",
         "all-zero first gradient",
         "constant first gradient",
+        "NaN first gradient",
+        "inf first gradient",
+        "first gradient scale 1e30",
+        "first gradient scale 1e-30",
+        "late block with G above M",
         "block absent at step 1, gradient later",
         "block absent at a later step",
         "gradient scale 1e-6",
@@ -52,9 +59,26 @@ def test_required_feature_is_covered(feature):
 
 def test_every_preset_covers_the_degenerate_and_shape_cases():
     cases = load_cases()
+    every_preset = {
+        "all-zero first gradient",
+        "constant first gradient",
+        "NaN first gradient",
+        "inf first gradient",
+        "zero-size block",
+        "shape ()",
+        "shape (3, 4, 5, 6)",
+    }
     for preset in PRESETS:
         features = set().union(*(case_features(c) for c in cases if c.preset == preset))
-        assert {"all-zero first gradient", "constant first gradient", "shape ()", "shape (3, 4, 5, 6)"} <= features, preset
+        assert every_preset <= features, (preset, every_preset - features)
+
+
+@pytest.mark.parametrize("feature", ["first gradient scale 1e30", "first gradient scale 1e-30"])
+def test_overflow_cases_in_float32_and_bfloat16(feature):
+    # SPEC v2: "a first gradient whose squares overflow float32 (elements ~1e30) and one that
+    # underflows (~1e-30)", in float32 and in bfloat16.
+    dtypes = {c.dtype for c in load_cases() if feature in case_features(c)}
+    assert {"float32", "bfloat16"} <= dtypes
 
 
 def test_golden_round_trip_is_exact():

@@ -29,12 +29,13 @@ IDENTIFY_SECONDS = 60.0
 
 
 class HandWrittenSaI(torch.optim.Optimizer):
-    """SGD-SaI written from docs/spec.md in plain torch, independently of sai_core and sai_torch.
+    """SGD-SaI written from docs/spec.md (contract v2, preset sgd-sai) in plain torch, independently
+    of sai_core and sai_torch.
 
     ``biased_std`` and ``zeros_buffer`` are the two deliberate mistakes identify must name.
     """
 
-    def __init__(self, params, lr=1e-2, momentum=0.9, weight_decay=1e-2, eps=1e-8, *, maximize=False,
+    def __init__(self, params, lr=1e-3, momentum=0.9, weight_decay=1e-2, eps=1e-8, *, maximize=False,
                  biased_std=False, zeros_buffer=False):
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eps": eps, "maximize": maximize}
         super().__init__(params, defaults)
@@ -53,17 +54,6 @@ class HandWrittenSaI(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        new = []
-        for group in self.param_groups:
-            sign = -1.0 if group["maximize"] else 1.0
-            for p in group["params"]:
-                if p.grad is not None and "scale" not in self.state[p]:
-                    new.append((p, self._gsnr(sign * p.grad, group["eps"])))
-        # M (max_gsnr) is kept in every initialised tensor's state, so state_dict carries it.
-        known = [s["max_gsnr"] for s in self.state.values() if "max_gsnr" in s]
-        max_gsnr = known[0] if known else max((g for _, g in new), default=None)
-        for p, gsnr in new:
-            self.state[p].update(scale=gsnr / max_gsnr, max_gsnr=max_gsnr)
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
@@ -71,6 +61,11 @@ class HandWrittenSaI(torch.optim.Optimizer):
                     continue
                 grad = -p.grad if group["maximize"] else p.grad
                 state = self.state[p]
+                if "scale" not in state:
+                    # Only a finite, not all-zero first gradient initializes; otherwise wait.
+                    if p.numel() == 0 or not bool(torch.isfinite(grad).all()) or not bool(grad.any()):
+                        continue
+                    state["scale"] = self._gsnr(grad, group["eps"])
                 if mu == 0:
                     direction = grad
                 elif "momentum_buffer" not in state:
@@ -122,7 +117,7 @@ EXPECTATIONS = [
         exact=True,
         answers={
             "buffer": "(1-mu) g",
-            "gsnr": "normalize=none, vector_rule=norm",
+            "gsnr": "vector_rule=norm",
             "scalar": "finite: G = ||g||",
             "zero": "frozen",
             "late": "works",
@@ -131,34 +126,43 @@ EXPECTATIONS = [
             "closure": "1 call",
         },
     ),
-    Expected(desc="our torch adapter", target="sai_torch:SGDSaI", preset="paper", exact=True, every_probe_clean=True),
-    Expected(desc="our optax adapter", target="sai_jax:sgd_sai", preset="paper", exact=True, every_probe_clean=True,
+    Expected(desc="our torch adapter", target="sai_torch:SGDSaI", preset="sgd-sai", exact=True, every_probe_clean=True),
+    Expected(
+        desc="our torch adapter under the paper preset",
+        target="sai_torch:SGDSaI",
+        kwargs={"preset": "paper"},
+        preset="paper",
+        exact=True,
+        knob_differences={},
+        answers={"gsnr": "normalize=max"},
+    ),
+    Expected(desc="our optax adapter", target="sai_jax:sgd_sai", preset="sgd-sai", exact=True, every_probe_clean=True,
              answers={"late": "n/a", "closure": "n/a"}),
     Expected(
         desc="our torch adapter with the biased std",
         target="sai_torch:SGDSaI",
         kwargs={"std_correction": 0},
-        preset="paper",
+        preset="sgd-sai",
         exact=False,
         knob_differences={"std_correction": 0},
         answers={"gsnr": "std_correction=0", "buffer": "g"},
     ),
-    Expected(desc="a hand-written torch SGD-SaI", target=HandWrittenSaI, preset="paper", exact=True,
+    Expected(desc="a hand-written torch SGD-SaI", target=HandWrittenSaI, preset="sgd-sai", exact=True,
              every_probe_clean=True),
     Expected(
         desc="the hand-written one with a zeros-initialised buffer",
         target=HandWrittenSaI,
         kwargs={"zeros_buffer": True},
-        preset="paper",
+        preset="sgd-sai",
         exact=False,
         knob_differences={"momentum_init": "zeros"},
-        answers={"buffer": "(1-mu) g", "gsnr": "paper"},
+        answers={"buffer": "(1-mu) g", "gsnr": "sgd-sai"},
     ),
     Expected(
         desc="the hand-written one with the biased std",
         target=HandWrittenSaI,
         kwargs={"biased_std": True},
-        preset="paper",
+        preset="sgd-sai",
         exact=False,
         knob_differences={"std_correction": 0},
         answers={"gsnr": "std_correction=0", "buffer": "g"},
@@ -218,11 +222,11 @@ def test_sgd_sai_flags_against_the_contract(report_card):
     assert {"late", "resume", "momentum0"} <= set(result.beyond_preset), result.beyond_preset
 
 
-def test_keras_rows_are_paper_and_clean(report_card):
+def test_keras_rows_are_the_default_preset_and_clean(report_card):
     rows = [(runs_on, result) for port, _, runs_on, result in report_card[0] if port == "sai_keras:SGDSaI"]
     if not rows:
         pytest.skip("sai_keras is not installed")
-    expected = Expected(desc="", target="sai_keras:SGDSaI", preset="paper", exact=True, every_probe_clean=True)
+    expected = Expected(desc="", target="sai_keras:SGDSaI", preset="sgd-sai", exact=True, every_probe_clean=True)
     for runs_on, result in rows:
         assert not isinstance(result, str), f"sai_keras on {runs_on}: identify failed: {result}"
         _check_verdict(f"our Keras adapter on {runs_on}", result, expected)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
 
-from sai_core import PRESETS, ReferenceSGDSaI, resolve_config
+from sai_core import PRESETS, NonFiniteGradientWarning, ReferenceSGDSaI, raw_gsnr, resolve_config
 
-SHAPES = [(), (1,), (7,), (1, 16), (16, 1), (8, 16), (3, 4, 5, 6)]
+SHAPES = [(), (1,), (7,), (1, 16), (16, 1), (8, 16), (3, 4, 5, 6), (0,), (2, 0)]
 
 # Rounding budget of the comparison: the reference sums with NumPy's pairwise summation, the
 # transcription with math.fsum. Over at most 360 elements and 6 steps the two differ by a few
@@ -53,6 +54,12 @@ class LiteralSaI:
         s = math.sqrt(math.fsum((x - mean) ** 2 for x in g) / (n - self.k["std_correction"]))
         return norm / (s + self.hyper["eps"])
 
+    def informative(self, g):
+        # 2. finite and, under zero_gradient="defer", not all zero; a zero-size block never is.
+        if not g or not all(math.isfinite(x) for x in g):
+            return False
+        return self.k["zero_gradient"] == "degenerate" or any(x != 0 for x in g)
+
     def step(self, grads):
         h = self.hyper
         present = {}
@@ -61,9 +68,11 @@ class LiteralSaI:
                 continue
             g = [float(x) for x in np.asarray(g, dtype=np.float64).reshape(-1)]
             present[i] = [-x for x in g] if h["maximize"] else g  # 1. maximize
+        for i in [i for i in present if self.S[i] is None and not self.informative(present[i])]:
+            del present[i]  # uninformative first gradient: as if the block had none
         new = {i: self.raw_g(g, self.shapes[i]) for i, g in present.items() if self.S[i] is None}
         if self.M is None and new:
-            self.M = max(new.values())  # frozen at the first step with any gradient
+            self.M = max(new.values())  # frozen at the first step at which any block initializes
         for i, G in new.items():
             self.S[i] = G / self.M if self.k["normalize"] == "max" else G
         for i, g in present.items():
@@ -86,7 +95,12 @@ def _random_case(seed, preset, momentum, maximize):
         row = []
         for i, shape in enumerate(SHAPES):
             absent = (step == 0 and i == 2) or (step == 3 and i == 5)
-            row.append(None if absent else (0.3 * i + rng.standard_normal(shape)) * 10.0 ** rng.integers(-3, 3))
+            g = None if absent else (0.3 * i + rng.standard_normal(shape)) * 10.0 ** rng.integers(-3, 3)
+            if step < 2 and i == 5:
+                g = np.zeros(shape)  # all-zero first gradients: deferred under "defer"
+            if step == 0 and i == 6:
+                g.reshape(-1)[3] = np.nan  # a non-finite first gradient: always deferred
+            row.append(g)
         steps.append(row)
     return params, steps
 
@@ -94,6 +108,9 @@ def _random_case(seed, preset, momentum, maximize):
 def _assert_close(actual, expected, what):
     actual = np.asarray(actual, dtype=np.float64).reshape(-1)
     expected = np.asarray(expected, dtype=np.float64).reshape(-1)
+    assert actual.shape == expected.shape, what
+    if expected.size == 0:
+        return
     scale = max(np.max(np.abs(expected)), 1e-300)
     err = np.max(np.abs(actual - expected)) / scale
     assert err <= RTOL, f"{what}: normwise relative error {err:.3g} > {RTOL}"
@@ -109,7 +126,9 @@ def test_reference_matches_literal_transcription(preset, momentum, maximize, see
     ref = ReferenceSGDSaI(params, preset=preset, **hyper)
     lit = LiteralSaI(SHAPES, params, knobs=resolve_config(preset).knobs(), **hyper)
     for k, grads in enumerate(steps):
-        ref.step(grads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonFiniteGradientWarning)
+            ref.step(grads)
         lit.step(grads)
         for i in range(len(SHAPES)):
             _assert_close(ref.params[i], lit.theta[i], f"step {k + 1} block {i} params")
@@ -162,7 +181,9 @@ def test_state_dict_is_a_copy():
 def test_max_gsnr_is_global_across_groups_and_frozen():
     big = np.arange(64.0).reshape(8, 8) + 100.0  # large mean: high g-SNR
     small = np.array([1.0, -1.0, 2.0])
-    opt = ReferenceSGDSaI([{"params": [np.ones((8, 8))], "lr": 0.1}, {"params": [np.ones(3)], "lr": 0.5}])
+    opt = ReferenceSGDSaI(
+        [{"params": [np.ones((8, 8))], "lr": 0.1}, {"params": [np.ones(3)], "lr": 0.5}], preset="paper"
+    )
     opt.step([big, small])
     m = float(opt.max_gsnr)
     assert float(opt.scale[0]) == 1.0
@@ -173,7 +194,7 @@ def test_max_gsnr_is_global_across_groups_and_frozen():
 
 def test_late_block_uses_frozen_max_and_may_exceed_one():
     late_gradient = np.full((4, 4), 5.0) + np.eye(4) * 1e-3  # nearly constant: g-SNR >> sqrt(n)
-    opt = ReferenceSGDSaI([np.ones(4), np.ones((4, 4))])
+    opt = ReferenceSGDSaI([np.ones(4), np.ones((4, 4))], preset="paper")
     opt.step([np.array([1.0, -1.0, 0.5, 0.0]), None])
     assert opt.scale[1] is None
     np.testing.assert_array_equal(opt.params[1], np.ones((4, 4)))  # untouched, no weight decay
@@ -234,3 +255,91 @@ def test_load_state_dict_rejects_other_knobs():
     b = ReferenceSGDSaI([np.ones(3)], preset="sgd-sai-1.0.3")
     with pytest.raises(ValueError, match="knobs"):
         b.load_state_dict(copy.deepcopy(a.state_dict()))
+
+
+# --- SPEC v2: first gradients that are not informative ------------------------------------------
+
+UNINFORMATIVE = [
+    # (desc, preset, bad first gradient of block 1, warns)
+    ("NaN", "sgd-sai", np.array([1.0, np.nan, 2.0, 0.5, -1.0]), True),
+    ("+inf", "sgd-sai", np.array([1.0, np.inf, 2.0, 0.5, -1.0]), True),
+    ("-inf under paper", "paper", np.array([1.0, -np.inf, 2.0, 0.5, -1.0]), True),
+    ("NaN under a port preset", "sgd-sai-1.0.3", np.array([np.nan] * 5), True),
+    ("all zero", "sgd-sai", np.zeros(5), False),
+    ("all zero under paper", "paper", np.zeros(5), False),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("preset, bad, warns", [c[1:] for c in UNINFORMATIVE], ids=[c[0] for c in UNINFORMATIVE])
+def test_uninformative_first_gradient_is_as_if_absent(preset, bad, warns, dtype):
+    rng = np.random.default_rng(11)
+    params = [rng.standard_normal((6, 4)), rng.standard_normal(5), rng.standard_normal(3)]
+    good = [[0.2 + rng.standard_normal(p.shape) for p in params] for _ in range(3)]
+
+    def run(first_of_block_1):
+        opt = ReferenceSGDSaI(params, preset=preset, dtype=dtype)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt.step([good[0][0], first_of_block_1, good[0][2]])
+            snapshot = ([p.copy() for p in opt.params], list(opt.scale), opt.max_gsnr)
+            opt.step([good[1][0], bad, good[1][2]])  # still not informative: still deferred
+            opt.step(good[2])
+        return opt, snapshot, [w for w in caught if issubclass(w.category, NonFiniteGradientWarning)]
+
+    opt, after_bad, caught = run(bad)
+    reference, after_absent, _ = run(None)
+    assert after_bad[1] == after_absent[1] and after_bad[2] == after_absent[2]  # scales, M: exactly
+    for a, b in zip(after_bad[0], after_absent[0]):
+        np.testing.assert_array_equal(a, b)
+    assert after_bad[1][1] is None
+    np.testing.assert_array_equal(after_bad[0][1], np.asarray(params[1], dtype=dtype))  # untouched
+    # Initialized from its first informative gradient (step 3): G of that gradient.
+    expected = float(raw_gsnr(np.asarray(good[2][1], dtype=dtype), eps=1e-8, config=opt.config, xp=np))
+    if opt.config.normalize == "max":
+        expected /= float(opt.max_gsnr)
+    assert float(opt.scale[1]) == pytest.approx(expected, rel=1e-6)
+    assert len(caught) == (1 if warns else 0)  # once per block, though two steps had NaN
+    if warns:
+        assert "parameter 1 (shape (5,))" in str(caught[0].message)
+
+
+def test_zero_gradient_initializes_under_port_presets():
+    opt = ReferenceSGDSaI([np.ones(4), np.ones(3)], preset="sgd-sai-1.0.3")
+    opt.step([np.array([1.0, -1.0, 0.5, 0.0]), np.zeros(3)])
+    assert float(opt.scale[1]) == 0.0  # ||0|| / eps: the port freezes the tensor
+
+
+def test_zero_size_block_alone_never_sets_max():
+    opt = ReferenceSGDSaI([np.ones((0, 4)), np.ones((3, 3)), np.ones(5)], preset="paper")
+    opt.step([np.ones((0, 4)), None, None])
+    assert opt.max_gsnr is None and opt.scale == [None, None, None]
+    assert opt.state_dict()["state"] == {}
+    opt.step([np.ones((0, 4)), np.arange(9.0).reshape(3, 3), np.array([1.0, 2.0, 0.0, 1.0, 3.0])])
+    assert opt.scale[0] is None and float(opt.max_gsnr) > 0
+    assert float(opt.scale[1]) == 1.0 or float(opt.scale[2]) == 1.0  # M is one of theirs
+    assert not np.array_equal(opt.params[1], np.ones((3, 3)))
+
+
+def test_max_is_frozen_at_the_first_initialization_not_the_first_step():
+    opt = ReferenceSGDSaI([np.ones((4, 4)), np.ones(6)], preset="paper")
+    opt.step([np.zeros((4, 4)), np.zeros(6)])  # nothing informative: M stays unset
+    assert opt.max_gsnr is None
+    opt.step([None, np.array([1.0, 2.0, 0.0, -1.0, 3.0, 1.0])])
+    m = float(opt.max_gsnr)
+    assert float(opt.scale[1]) == 1.0
+    opt.step([np.arange(16.0).reshape(4, 4) + 50.0, None])  # a larger G later: M stays
+    assert float(opt.max_gsnr) == m and float(opt.scale[0]) > 1.0
+
+
+def test_float32_overflowing_first_gradient_gives_float64_scales():
+    from sai_conformance._tolerances import TOLERANCES
+
+    rng = np.random.default_rng(5)
+    grads = [((0.3 + rng.standard_normal((16, 8))) * 1e30).astype(np.float32), rng.standard_normal(7).astype(np.float32)]
+    f32 = ReferenceSGDSaI([np.ones((16, 8)), np.ones(7)], dtype=np.float32)
+    f64 = ReferenceSGDSaI([np.ones((16, 8)), np.ones(7)])
+    f32.step(grads)
+    f64.step(grads)
+    for a, b in zip(f32.scale, f64.scale):
+        assert np.isfinite(a) and abs(float(a) - float(b)) <= TOLERANCES["float32"].one_step * float(b)

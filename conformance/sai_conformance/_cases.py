@@ -30,12 +30,19 @@ Plan = Any
 
 @dataclasses.dataclass(frozen=True)
 class Scenario:
-    """Blocks, groups and per-step plans of one conformance scenario."""
+    """Blocks, groups and per-step plans of one conformance scenario.
+
+    ``safety`` marks a scenario of the contract's safety rules (SPEC v2: non-finite first gradients,
+    zero-size blocks, the overflow-safe statistic), which our presets follow and no published port
+    does: ``identify``
+    judges a port's preset on the other scenarios and leaves these to ``check``.
+    """
 
     description: str
     shapes: tuple[tuple[int, ...], ...]
     groups: tuple[tuple[tuple[int, ...], Callable[[int], dict[str, Any]]], ...]
     plan: Callable[[int, int], Plan]  # (step, block) -> plan entry
+    safety: bool = False
 
 
 def _one_group(shapes: tuple[tuple[int, ...], ...], **hyper: Any) -> tuple:
@@ -118,24 +125,28 @@ SCENARIOS: dict[str, Scenario] = {
         ((8, 16), (7,), (4, 4), (3, 4)),
         _one_group(((8, 16), (7,), (4, 4), (3, 4))),
         _first_gradients_plan,
+        safety=True,
     ),
     "overflow": Scenario(
         "first gradients of scale 1e30 (float32 squares overflow) and 1e-30 (they underflow), eps 0",
         ((8, 16), (7,), (16, 1)),
         _one_group(((8, 16), (7,), (16, 1)), eps=0.0),
         _overflow_plan,
+        safety=True,
     ),
     "zero_size": Scenario(
         "zero-size blocks with (empty) gradients while every other first gradient is all zero",
         ((0,), (8, 16), (2, 0, 3), (7,)),
         _one_group(((0,), (8, 16), (2, 0, 3), (7,))),
         _zero_size_plan,
+        safety=True,
     ),
     "zero_size_alone": Scenario(
         "a zero-size block alone has a gradient at step 1; the others appear at step 2",
         ((0, 4), (8, 16), (7,)),
         _one_group(((0, 4), (8, 16), (7,))),
         _zero_size_alone_plan,
+        safety=True,
     ),
     "late_above_max": Scenario(
         "a block whose first gradient comes at step 3 with a g-SNR above M",

@@ -23,24 +23,51 @@ def case_features(case: Case) -> set[str]:
 
     Examples:
         >>> from sai_conformance import load_cases
-        >>> sorted(f for f in case_features(load_cases()[0]) if f.startswith("dtype"))
-        ['dtype bfloat16']
+        >>> case = next(c for c in load_cases() if c.name == "first_gradients-sgd-sai-bfloat16")
+        >>> sorted(f for f in case_features(case) if "first gradient" in f or f.startswith("dtype"))
+        ['NaN first gradient', 'all-zero first gradient', 'dtype bfloat16', 'inf first gradient']
     """
     features = {f"shape {tuple(shape)}" for shape in case.shapes}
     features.add(f"preset {case.preset}")
     features.add(f"dtype {case.dtype}")
+    if any(int(np.prod(shape)) == 0 for shape in case.shapes):
+        features.add("zero-size block")
+    step1 = [g for g in case.grads[0] if g is not None]
+    if step1 and all(g.size == 0 for g in step1):
+        features.add("zero-size block alone at step 1")
     for block, grad in _first_gradients(case).items():
+        if grad.size == 0:
+            continue
+        if np.any(np.isnan(grad)):
+            features.add("NaN first gradient")
+        if np.any(np.isinf(grad)):
+            features.add("inf first gradient")
+        largest = float(np.max(np.abs(grad)))
         if not np.any(grad):
             features.add("all-zero first gradient")
         elif grad.size > 1 and grad.max() == grad.min():
             features.add("constant first gradient")
+        if 1e29 <= largest < np.inf:
+            features.add("first gradient scale 1e30")
+        if 0 < largest <= 1e-29:
+            features.add("first gradient scale 1e-30")
+    for block in range(len(case.shapes)):
+        late = case.grads[0][block] is None
+        scales = [snap.scale[block] for snap in case.expected if snap.scale[block] is not None]
+        if late and scales and case.expected[-1].max_gsnr is not None:
+            # G > M: S > 1 under max-normalisation, S = G > M without it.
+            bound = 1.0 if case.knobs["normalize"] == "max" else case.expected[-1].max_gsnr
+            if scales[0] > bound:
+                features.add("late block with G above M")
     for block in range(len(case.shapes)):
         present = [row[block] is not None for row in case.grads]
         if not present[0] and any(present):
             features.add("block absent at step 1, gradient later")
         if present[0] and not all(present):
             features.add("block absent at a later step")
-        magnitudes = [np.max(np.abs(row[block])) for row in case.grads if row[block] is not None and row[block].size]
+        magnitudes = [
+            np.max(np.abs(row[block])) for row in case.grads if row[block] is not None and row[block].size
+        ]
         if magnitudes and max(magnitudes) <= 1e-5 and min(magnitudes) > 0:
             features.add("gradient scale 1e-6")
         if magnitudes and min(magnitudes) >= 1e5:

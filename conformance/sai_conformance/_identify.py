@@ -21,6 +21,7 @@ from typing import Any
 
 from sai_core import KNOB_VALUES, PRESETS, resolve_config
 
+from ._cases import SCENARIOS
 from ._golden import Case, load_cases
 from ._probes import Outcome, preset_outcomes, run_probes
 from ._targets import Target, replay_case, resolve_target
@@ -122,14 +123,16 @@ def identify_cases(target: Target, cases: list[Case] | None = None) -> dict[str,
     """The golden cases identify replays, per preset.
 
     Only the scenarios that every preset has (so each preset is judged on the same inputs; the
-    paper-only scenarios, schedules, groups, ``maximize``, belong to ``check``), in the target's
-    most precise dtype: a few small cases, so that identify takes seconds.
+    default-preset-only scenarios, schedules, groups, ``maximize``, belong to ``check``), less the
+    contract's safety scenarios (``Scenario.safety``: rules no published port follows), in the
+    target's most precise dtype: a few small cases, so that identify takes seconds.
     """
     cases = load_cases() if cases is None else cases
     dtype = target.probe_dtype()
     presets_of: dict[str, set[str]] = {}
     for case in cases:
-        presets_of.setdefault(case.scenario, set()).add(case.preset)
+        if not SCENARIOS[case.scenario].safety:
+            presets_of.setdefault(case.scenario, set()).add(case.preset)
     shared = {scenario for scenario, presets in presets_of.items() if presets >= set(PRESETS)}
     return {
         preset: [c for c in cases if c.preset == preset and c.dtype == dtype and c.scenario in shared]

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from sai_core import KNOB_VALUES, PRESETS, ReferenceSGDSaI, gsnr, resolve_config
+from sai_core import DEFAULT_PRESET, KNOB_VALUES, PRESETS, ReferenceSGDSaI, gsnr, resolve_config
 
 from ._cases import round_to_dtype
 from ._targets import NotExpressible, Session, Target, describe_error
@@ -71,7 +71,7 @@ PROBES: tuple[Probe, ...] = (
         "gsnr",
         "g-SNR per block",
         "the scale S of four blocks ((8, 16), (16, 1), (7,), (1, 16)) against every knob value",
-        "paper",
+        DEFAULT_PRESET,
     ),
     Probe("constant", "g-SNR constant", "whether S stays fixed when step 3 brings a gradient with another g-SNR",
           "constant"),
@@ -311,12 +311,13 @@ _SCENARIOS: dict[str, Callable[[], Any]] = {
 }
 
 _SCALE_KNOBS = ("snr", "normalize", "std_correction", "vector_rule")
-_PAPER = resolve_config("paper").knobs()
+# The contract's knobs: those of the default preset.
+_CONTRACT = resolve_config(DEFAULT_PRESET).knobs()
 
 
 def _describe_knobs(knobs: dict[str, Any], names: Sequence[str] = tuple(KNOB_VALUES)) -> str:
-    changed = [f"{k}={knobs[k]}" for k in names if knobs[k] != _PAPER[k]]
-    return ", ".join(changed) if changed else "paper"
+    changed = [f"{k}={knobs[k]}" for k in names if knobs[k] != _CONTRACT[k]]
+    return ", ".join(changed) if changed else DEFAULT_PRESET
 
 
 def _fmt(values: Sequence[float | None]) -> str:
@@ -401,15 +402,18 @@ class _Prober:
         self.gsnr_consistent = [
             k for k in ALL_KNOBS if _agrees(measured.scale, _predicted("gsnr", _knob_key(k)), self.tolerance)
         ]
-        paper = _predicted("gsnr", _knob_key(_PAPER))
+        contract = _predicted("gsnr", _knob_key(_CONTRACT))
         if self.gsnr_consistent:
-            best = min(self.gsnr_consistent, key=lambda k: sum(k[n] != _PAPER[n] for n in _SCALE_KNOBS))
+            best = min(self.gsnr_consistent, key=lambda k: sum(k[n] != _CONTRACT[n] for n in _SCALE_KNOBS))
             value = _describe_knobs(best, _SCALE_KNOBS)
             predicted = _predicted("gsnr", _knob_key(best))
-            detail = f"S measured {_fmt(measured.scale)}, reproduced by {value}; paper gives {_fmt(paper)}"
+            detail = f"S measured {_fmt(measured.scale)}, reproduced by {value}; {DEFAULT_PRESET} gives {_fmt(contract)}"
         else:
             value = "no knob setting"
-            detail = f"S measured {_fmt(measured.scale)}; paper gives {_fmt(paper)}; no knob combination reproduces it"
+            detail = (
+                f"S measured {_fmt(measured.scale)}; {DEFAULT_PRESET} gives {_fmt(contract)}; "
+                "no knob combination reproduces it"
+            )
         self.outcomes["gsnr"] = Outcome("gsnr", value, detail)
         # constant across steps
         try:
@@ -540,8 +544,8 @@ class _Prober:
         self.scalar_consistent = [
             k for k in ALL_KNOBS if _agrees(scales, _predicted("scalar", _knob_key(k)), self.tolerance)
         ]
-        # The (8, 16) block's g-SNR under the statistic measured by the g-SNR probe (paper's if unknown).
-        knobs = self.gsnr_consistent[0] if self.gsnr_consistent else _PAPER
+        # The (8, 16) block's g-SNR under the statistic measured by the g-SNR probe (the contract's if unknown).
+        knobs = self.gsnr_consistent[0] if self.gsnr_consistent else _CONTRACT
         reference_gsnr = float(gsnr(grads[0], eps=EPS, **knobs))
         labels = []
         for block in (1, 2):
@@ -636,7 +640,7 @@ def run_probes(target: Target, dtype: str | None = None) -> ProbeReport:
 
     Examples:
         >>> from sai_conformance._targets import reference_target
-        >>> report = run_probes(reference_target("paper", std_correction=0))
+        >>> report = run_probes(reference_target("sgd-sai", std_correction=0))
         >>> report.outcomes["gsnr"].value, report.outcomes["scalar"].value
         ('std_correction=0', 'finite: G = sqrt(n)')
         >>> report.knob_values()["std_correction"]

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from sai_core import KNOB_VALUES, resolve_config
+from sai_core import DEFAULT_PRESET, KNOB_VALUES, resolve_config
 
 from ._harness import CaseResult, summarize
 from ._identify import Identification
@@ -23,7 +23,7 @@ __all__ = [
     "ports_text",
 ]
 
-_PAPER = resolve_config("paper").knobs()
+_CONTRACT = resolve_config(DEFAULT_PRESET).knobs()
 
 
 class Progress:
@@ -86,7 +86,7 @@ def format_identification(result: Identification) -> str:
     else:
         for knob, values in result.knobs.items():
             shown = "any" if len(values) == len(KNOB_VALUES[knob]) else " or ".join(str(v) for v in values)
-            note = "" if _PAPER[knob] in values else f"(paper: {_PAPER[knob]})"
+            note = "" if _CONTRACT[knob] in values else f"({DEFAULT_PRESET}: {_CONTRACT[knob]})"
             lines.append(f"  {knob:<16}{shown:<16}{note}".rstrip())
     lines.append("")
     lines.append("probes (! = not what docs/spec.md requires):")
@@ -105,9 +105,9 @@ def format_identification(result: Identification) -> str:
     skipped = len(result.outcomes) - len(ran)
     if result.unclean:
         items = ", ".join(f"{PROBE_BY_KEY[o.probe].title} ({o.value})" for o in result.unclean)
-        lines.append(f"  differs from the paper contract on: {items}")
+        lines.append(f"  differs from the contract on: {items}")
     elif ran:
-        lines.append(f"  every probe that ran agrees with the paper contract ({skipped} not applicable)")
+        lines.append(f"  every probe that ran agrees with the contract ({skipped} not applicable)")
     else:
         lines.append("  no probe could run on this target")
     lines.append(f"({result.seconds:.1f} s)")
@@ -116,12 +116,13 @@ def format_identification(result: Identification) -> str:
 
 def format_check(target: str, preset: str, results: Sequence[CaseResult]) -> str:
     """The terminal report of ``check``: one line per case, then the count."""
-    lines = [f"{'case':<36}{'result':<8}detail"]
+    width = max([len("case"), *(len(r.case) for r in results)]) + 2
+    lines = [f"{'case':<{width}}{'result':<8}detail"]
     for r in results:
         detail = r.detail.split(" Rerun: ")[0] if r.status != "pass" else ""
         if r.status in ("fail", "error"):
             detail = detail.split("): ", 1)[-1]
-        lines.append(f"{r.case:<36}{r.status:<8}{detail}")
+        lines.append(f"{r.case:<{width}}{r.status:<8}{detail}")
     ran = [r for r in results if r.status != "n/a"]
     passed = sum(r.status == "pass" for r in ran)
     lines.append("")
@@ -227,8 +228,8 @@ def ports_markdown(entries: Sequence[Entry], *, missing: Sequence[str] = ()) -> 
         "",
         "Probe answers: `error: X` the port raised X; `n/a` the framework cannot express the probe",
         "(optax has no absent gradient, only torch has closures, a port without `maximize`).",
-        "In the g-SNR column `paper` means the per-block scales equal the paper preset's; otherwise the",
-        "knob values that reproduce them.",
+        f"In the g-SNR column `{DEFAULT_PRESET}` means the per-block scales equal the default preset's;",
+        "otherwise the knob values (away from it) that reproduce them.",
         "",
         "## Golden cases per preset",
         "",

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from sai_core import ReferenceSGDSaI, resolve_config
+from sai_core import DEFAULT_PRESET, ReferenceSGDSaI, resolve_config
 
 from ._golden import Case
 from ._harness import CaseResult, _compare_array
@@ -337,7 +337,7 @@ def resolve_target(spec: Any, *, kind: str | None = None, kwargs: Mapping[str, A
     return target
 
 
-def reference_target(preset: str = "paper", **knob_overrides: Any) -> Target:
+def reference_target(preset: str = DEFAULT_PRESET, **knob_overrides: Any) -> Target:
     """The NumPy reference under ``preset`` as a target (what each preset does on a probe).
 
     Examples:
