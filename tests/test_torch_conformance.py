@@ -23,7 +23,13 @@ def test_torch_runners_are_discovered() -> None:
     assert all(isinstance(runner, Runner) for runner in available_runners(TORCH_RUNNERS))
 
 
-SAMPLE_CASES = ["shapes-paper-float64", "two_groups-paper-float32", "degenerate-paper-bfloat16"]
+SAMPLE_CASES = [
+    "shapes-sgd-sai-float64",
+    "two_groups-paper-float32",
+    "first_gradients-sgd-sai-float32",  # NaN, inf and zero first gradients: deferred
+    "overflow-sgd-sai-bfloat16",
+    "zero_size_alone-paper-float64",
+]
 
 
 @pytest.mark.parametrize("case_name", SAMPLE_CASES)

@@ -108,6 +108,18 @@ def test_complex_gradient_raises_at_step() -> None:
         opt.step()
 
 
+def test_integer_gradient_raises_naming_the_tensor_and_the_step_changes_nothing() -> None:
+    (good,) = _params((2, 2))
+    bad = torch.nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False)
+    bad.grad = torch.ones(3, dtype=torch.int64)
+    opt = SGDSaI([{"params": [good]}, {"params": [bad]}])
+    _set_grads([good], 0)
+    before = good.detach().clone()
+    with pytest.raises(RuntimeError, match=re.escape("parameter 1 (shape (3,)) has a torch.int64 gradient")):
+        opt.step()
+    assert torch.equal(good, before) and not opt.state, "a step that raises must change nothing"
+
+
 def test_hyperparameter_set_invalid_between_steps_raises_at_step() -> None:
     params = _params((2, 2))
     opt = SGDSaI(params)
@@ -138,21 +150,40 @@ def test_closure_is_called_exactly_once_and_its_loss_returned() -> None:
         assert isinstance(loss, torch.Tensor)
 
 
-def test_scales_follow_sai_core_with_one_max_across_groups() -> None:
+def _expected_scale(gsnr: float, max_gsnr: float, preset: str) -> float:
+    # S = G under the default preset; the max-normalised "paper" divides by the frozen M.
+    return gsnr / max_gsnr if preset == "paper" else gsnr
+
+
+PRESET_IDS = ["sgd-sai (S = G)", "paper (S = G / M)"]
+
+
+def test_defaults_are_sai_cores() -> None:
+    opt = SGDSaI(_params((2, 2)))
+    assert opt.config == sai_core.resolve_config(sai_core.DEFAULT_PRESET)
+    assert opt.config.preset == "sgd-sai" and opt.config.normalize == "none"
+    group = opt.param_groups[0]
+    assert {k: group[k] for k in sai_core.DEFAULT_HYPERPARAMETERS} == dict(sai_core.DEFAULT_HYPERPARAMETERS)
+    assert group["lr"] == 1e-3 and group["weight_decay"] == 1e-2
+
+
+@pytest.mark.parametrize("preset", ["sgd-sai", "paper"], ids=PRESET_IDS)
+def test_scales_follow_sai_core_with_one_max_across_groups(preset: str) -> None:
     a, b, c = _params((4, 5), (7,), (3, 3))
-    opt = SGDSaI([{"params": [a, b]}, {"params": [c], "lr": 0.5, "eps": 1e-3}])
+    opt = SGDSaI([{"params": [a, b]}, {"params": [c], "lr": 0.5, "eps": 1e-3}], preset=preset)
     _set_grads([a, b, c], 0)
     grads = [a.grad.clone(), b.grad.clone(), c.grad.clone()]
     opt.step()
     raw = [float(sai_core.gsnr(g.numpy(), eps=eps)) for g, eps in zip(grads, (1e-8, 1e-8, 1e-3))]
     for p, value in zip((a, b, c), raw):
         assert opt.state[p]["max_gsnr"] == max(raw)
-        assert opt.state[p]["scale"] == pytest.approx(value / max(raw), rel=1e-14)
+        assert opt.state[p]["scale"] == pytest.approx(_expected_scale(value, max(raw), preset), rel=1e-14)
 
 
-def test_late_block_uses_the_frozen_max_and_absent_block_is_untouched() -> None:
+@pytest.mark.parametrize("preset", ["sgd-sai", "paper"], ids=PRESET_IDS)
+def test_late_block_uses_the_frozen_max_and_absent_block_is_untouched(preset: str) -> None:
     params = _params((8, 4), (6,), (5, 5))
-    opt = SGDSaI(params)
+    opt = SGDSaI(params, preset=preset)
     _set_grads(params, 0, absent=(2,))
     opt.step()
     frozen = opt.state[params[0]]["max_gsnr"]
@@ -164,7 +195,8 @@ def test_late_block_uses_the_frozen_max_and_absent_block_is_untouched() -> None:
     assert torch.equal(params[1], before[1]), "a block without a gradient must not move"
     late_state = opt.state[params[2]]
     assert late_state["max_gsnr"] == frozen
-    assert late_state["scale"] == pytest.approx(float(sai_core.gsnr(late_grad.numpy())) / frozen, rel=1e-14)
+    expected = _expected_scale(float(sai_core.gsnr(late_grad.numpy())), frozen, preset)
+    assert late_state["scale"] == pytest.approx(expected, rel=1e-14)
 
 
 def test_momentum_zero_allocates_no_buffer() -> None:
@@ -176,9 +208,10 @@ def test_momentum_zero_allocates_no_buffer() -> None:
     assert all(set(opt.state[p]) == {"scale", "max_gsnr"} for p in params)
 
 
-def test_param_group_added_after_the_first_step_initializes_with_the_frozen_max() -> None:
+@pytest.mark.parametrize("preset", ["sgd-sai", "paper"], ids=PRESET_IDS)
+def test_param_group_added_after_the_first_step_initializes_with_the_frozen_max(preset: str) -> None:
     first = _params((4, 4))
-    opt = SGDSaI(first)
+    opt = SGDSaI(first, preset=preset)
     _set_grads(first, 0)
     opt.step()
     frozen = opt.state[first[0]]["max_gsnr"]
@@ -188,20 +221,37 @@ def test_param_group_added_after_the_first_step_initializes_with_the_frozen_max(
     grad = added[0].grad.clone()
     opt.step()
     assert opt.state[added[0]]["max_gsnr"] == frozen
-    assert opt.state[added[0]]["scale"] == pytest.approx(float(sai_core.gsnr(grad.numpy())) / frozen, rel=1e-14)
+    expected = _expected_scale(float(sai_core.gsnr(grad.numpy())), frozen, preset)
+    assert opt.state[added[0]]["scale"] == pytest.approx(expected, rel=1e-14)
 
 
-def test_zero_first_gradient_does_not_freeze_the_tensor() -> None:
+ZERO_GRADIENT_KNOB_CASES = [
+    # (desc, optimizer options, whether an all-zero first gradient initializes the tensor)
+    ("default: deferred", {}, False),
+    ("zero_gradient='degenerate': a constant gradient, G = sqrt(n)", {"zero_gradient": "degenerate"}, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "initializes"), [c[1:] for c in ZERO_GRADIENT_KNOB_CASES], ids=[c[0] for c in ZERO_GRADIENT_KNOB_CASES]
+)
+def test_zero_gradient_knob_decides_whether_a_zero_first_gradient_initializes(options, initializes: bool) -> None:
     params = _params((3, 4), (5,))
-    opt = SGDSaI(params, weight_decay=0.0)
+    opt = SGDSaI(params, **options)
+    assert opt.config.zero_gradient == options.get("zero_gradient", "defer")
     _set_grads(params, 0)
     params[0].grad = torch.zeros_like(params[0])
-    opt.step()
-    assert opt.state[params[0]]["scale"] == pytest.approx(math.sqrt(12) / opt.state[params[0]]["max_gsnr"])
     before = params[0].detach().clone()
+    opt.step()
+    if initializes:
+        assert opt.state[params[0]]["scale"] == math.sqrt(12)
+        assert not torch.equal(params[0], before)  # weight decay applied
+    else:
+        assert params[0] not in opt.state
+        assert torch.equal(params[0], before)
     _set_grads(params, 1)
     opt.step()
-    assert not torch.equal(params[0], before)
+    assert not torch.equal(params[0], before), "the tensor must train from its first nonzero gradient"
 
 
 def test_bfloat16_statistics_are_computed_in_float32() -> None:
@@ -333,6 +383,68 @@ def test_loading_a_checkpoint_made_with_other_knobs_raises() -> None:
         SGDSaI(params).load_state_dict(saved)
 
 
+# What sai_torch 0.1.0 wrote: its default preset, and no zero_gradient knob (added in contract v2).
+SAI_CONFIG_0_1_0 = {
+    "preset": "paper",
+    "snr": "gsnr",
+    "normalize": "max",
+    "std_correction": 1,
+    "degenerate": "sqrt_numel",
+    "vector_rule": "ratio",
+    "momentum_init": "grad",
+}
+
+
+def _state_entries(opt: SGDSaI) -> dict[int, dict[str, Any]]:
+    entries = opt.state_dict()["state"].items()
+    return {i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()} for i, s in entries}
+
+
+def _assert_same_state(got: dict[int, dict[str, Any]], want: dict[int, dict[str, Any]]) -> None:
+    assert got.keys() == want.keys()
+    for index, entry in want.items():
+        assert got[index].keys() == entry.keys()
+        for key, value in entry.items():
+            other = got[index][key]
+            assert torch.equal(other, value) if isinstance(value, torch.Tensor) else other == value, (index, key)
+
+
+BAD_CHECKPOINT_CASES = [
+    # (desc, how the saved state dict is altered, message fragment)
+    (
+        "saved by 0.1.0: no zero_gradient knob",
+        lambda saved: saved.update(sai_config=dict(SAI_CONFIG_0_1_0)),
+        "no value for the knob(s) ['zero_gradient']",
+    ),
+    (
+        "a momentum buffer without its scale",
+        lambda saved: [saved["state"][0].pop(k) for k in ("scale", "max_gsnr")],
+        "parameter 0 has a momentum buffer but no scale",
+    ),
+    ("a scale without M", lambda saved: saved["state"][0].pop("max_gsnr"), "parameter 0 has a scale but no max_gsnr"),
+]
+
+
+@pytest.mark.parametrize(
+    ("alter", "fragment"), [c[1:] for c in BAD_CHECKPOINT_CASES], ids=[c[0] for c in BAD_CHECKPOINT_CASES]
+)
+def test_a_refused_checkpoint_raises_clearly_and_loads_nothing(alter, fragment: str) -> None:
+    params = _params((3, 3), (4,))
+    saved_by = SGDSaI(params, preset="paper")
+    _train(params, saved_by, range(2), {})
+    saved = saved_by.state_dict()
+    alter(saved)
+    target = SGDSaI(params, preset="paper", lr=0.5)
+    _train(params, target, range(5, 6), {})
+    hyperparameters = lambda: [{k: v for k, v in g.items() if k != "params"} for g in target.param_groups]  # noqa: E731
+    before, groups = _state_entries(target), hyperparameters()
+    with pytest.raises(ValueError, match=re.escape(fragment)) as raised:
+        target.load_state_dict(saved)
+    assert "None" not in str(raised.value), "the message must name what is missing, not diff None values"
+    _assert_same_state(_state_entries(target), before)
+    assert hyperparameters() == groups
+
+
 def test_old_checkpoint_without_new_flags_loads_with_defaults() -> None:
     params = _params((3, 3))
     opt = SGDSaI(params)
@@ -413,18 +525,36 @@ STEADY_STEP_PATHS = [
 ]
 
 
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__")
+
+
+def _forbid_host_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Python-level way of reading a tensor's value on the host raises from now on.
+
+    ``.tolist()`` in particular copies the data without dispatching ``_local_scalar_dense``, so an
+    op recorder alone does not see it.
+    """
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a steady step read a tensor value on the host")
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+
+
 @pytest.mark.parametrize("options", [case[1] for case in STEADY_STEP_PATHS], ids=[case[0] for case in STEADY_STEP_PATHS])
-def test_steady_step_reads_no_value_on_the_host(options: dict[str, Any]) -> None:
+def test_steady_step_reads_no_value_on_the_host(monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]) -> None:
     options = dict(options)
     dtype = options.pop("dtype", torch.float64)
-    params = [torch.nn.Parameter(p.detach().to(dtype)) for p in _params((64, 32), (32,), ())]
+    params = [torch.nn.Parameter(p.detach().to(dtype)) for p in _params((64, 32), (32,), (), (0, 3))]
     opt = SGDSaI(params, **options)
     _set_grads(params, 0)
     opt.step()
     _set_grads(params, 1)
-    with _OpRecorder() as recorder:
+    with monkeypatch.context() as patch, _OpRecorder() as recorder:
+        _forbid_host_reads(patch)
         opt.step()
-    # .item(), float(tensor) and .tolist() all go through _local_scalar_dense.
+    # .item() and float(tensor) go through _local_scalar_dense (C++ callers too).
     assert "aten._local_scalar_dense" not in recorder.ops
     assert recorder.ops, "the recorder saw no op"
 
@@ -437,15 +567,10 @@ def test_fused_steady_step_reads_no_value_on_the_host(monkeypatch: pytest.Monkey
     _set_grads(params, 0)
     opt.step()
     _set_grads(params, 1)
-
-    def forbidden(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a steady step read a tensor value on the host")
-
     with fused_module.set_min_numel(2):
         opt.step()  # compiles the kernel for float64 before the reads are forbidden
         _set_grads(params, 2)
-        for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
-            monkeypatch.setattr(torch.Tensor, name, forbidden)
+        _forbid_host_reads(monkeypatch)
         opt.step()
 
 

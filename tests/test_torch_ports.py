@@ -131,17 +131,23 @@ def test_preset_follows_the_port_step_for_step(make_model, make_port, preset: st
 
 def test_sgd_sai_one_output_bias_diverges_and_the_preset_diverges_identically() -> None:
     # PORTS.md: a 1-element tensor gets ||g|| / 1e-8, a scale of ~1e7, and the loss explodes.
+    # The port's own defaults (lr 1e-2, weight decay 1e-2); SGDSaI's default lr is 1e-3.
     port, port_opt, port_params = _train(lambda: _mlp(outputs=1), sgd_sai.SGD_sai, steps=6)
-    ours, opt, params = _train(lambda: _mlp(outputs=1), lambda p: SGDSaI(p, preset="sgd-sai-1.0.3"), steps=6)
+    ours, opt, params = _train(lambda: _mlp(outputs=1), lambda p: SGDSaI(p, lr=1e-2, preset="sgd-sai-1.0.3"), steps=6)
     bias, port_bias = params[-1], port_params[-1]
     assert opt.state[bias]["scale"] > 1e6
     assert opt.state[bias]["scale"] == pytest.approx(float(port_opt.state[port_bias]["gsnr"]), rel=RTOL)
     assert port[-1][1] > 1e30 and ours[-1][1] > 1e30
     for (_, port_loss), (_, loss) in zip(port, ours):
         assert loss == pytest.approx(port_loss, rel=1e-9)
-    # The paper's preset gives that bias sqrt(1) / M and trains.
-    paper, _, _ = _train(lambda: _mlp(outputs=1), SGDSaI, steps=6)
-    assert all(math.isfinite(loss) and loss < 10 for _, loss in paper)
+    # The default preset ("sgd-sai") gives that bias G = sqrt(1) and trains, at the port's lr too.
+    for preset in ("sgd-sai", "paper"):
+        safe, safe_opt, safe_params = _train(
+            lambda: _mlp(outputs=1), lambda p: SGDSaI(p, lr=1e-2, preset=preset), steps=6  # noqa: B023
+        )
+        bias_state = safe_opt.state[safe_params[-1]]
+        assert bias_state["scale"] == (1.0 / bias_state["max_gsnr"] if preset == "paper" else 1.0)
+        assert all(math.isfinite(loss) and loss < 10 for _, loss in safe), preset
 
 
 def test_sgd_sai_crashes_with_momentum_zero_where_the_preset_works() -> None:
@@ -232,7 +238,7 @@ def test_zero_first_gradient_freezes_the_tensor_in_the_port_and_its_preset_only(
     for name, make_opt in (
         ("port", lambda p: pytorch_optimizer.SGDSaI(p, weight_decay=0.0)),
         ("preset", lambda p: SGDSaI(p, preset="pytorch-optimizer-4", weight_decay=0.0)),
-        ("paper", lambda p: SGDSaI(p, weight_decay=0.0)),
+        ("default", lambda p: SGDSaI(p, weight_decay=0.0)),
     ):
         model = _mlp()
         weight = model[0].weight
@@ -245,4 +251,5 @@ def test_zero_first_gradient_freezes_the_tensor_in_the_port_and_its_preset_only(
                 weight.grad.zero_()
             opt.step()
         frozen[name] = torch.equal(weight, start)
-    assert frozen == {"port": True, "preset": True, "paper": False}
+    # The default preset defers the zero first gradient and initializes the tensor at step 2.
+    assert frozen == {"port": True, "preset": True, "default": False}

@@ -3,7 +3,8 @@
 One signature, three implementations, chosen by :func:`sgd_sai`:
 
 * ``_single_tensor_sgd_sai``: a Python loop that applies :func:`sai_core.update_momentum` and
-  :func:`sai_core.update_param` to each tensor, literally. The in-torch oracle (``foreach=False``).
+  :func:`sai_core.update_param` to each tensor, literally (in float32 for bfloat16/float16
+  tensors, rounded once when stored). The in-torch oracle (``foreach=False``).
 * ``_multi_tensor_sgd_sai``: ``torch._foreach_*`` kernels, in place. On CPU the lists are cut into
   cache-sized tiles so that the passes over a tile (momentum, decay, update) read main memory once;
   that makes it the fastest exact path on CPU, and the default everywhere. Parameters in bfloat16
@@ -12,9 +13,9 @@ One signature, three implementations, chosen by :func:`sgd_sai`:
   once and writes ``p``, ``m`` once (``fused=True``).
 
 Every implementation updates only tensors whose scale is known (the optimizer computes scales at a
-block's first gradient, see :mod:`sai_torch._gsnr`), creates missing momentum buffers and writes
-them back into ``momentum_buffers``, and takes scalars as Python floats so that a steady step never
-waits for the device. A ``DTensor`` is updated through its local shard.
+block's first informative gradient and leaves the others out, see :mod:`sai_torch._gsnr`), creates
+missing momentum buffers and writes them back into ``momentum_buffers``, and takes scalars as
+Python floats so that a steady step never waits for the device. A ``DTensor`` is updated through its local shard.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import array_api_compat.torch as xp
 import torch
 from torch.optim.optimizer import Optimizer
 
-from sai_core import SaIConfig, update_momentum, update_param
+from sai_core import SaIConfig, compute_dtype, update_momentum, update_param
 
 from ._tensors import local, local_all
 
@@ -173,8 +174,16 @@ def _single_tensor_sgd_sai(
             g = -g
         buffer = momentum_buffers[i]
         first = buffer is None
+        # In the compute dtype (a no-op for float32/64): a low-precision buffer is then rounded
+        # once, when stored, as on every path (the spec's rule for low-precision updates).
+        compute = compute_dtype(g, xp=xp)
         direction = update_momentum(
-            None if first else local(buffer), g, momentum=momentum, first=first, config=config, xp=xp
+            None if first else local(buffer).to(compute),
+            g.to(compute),
+            momentum=momentum,
+            first=first,
+            config=config,
+            xp=xp,
         )
         if momentum != 0 or not first:
             # With momentum 0 no buffer is created; an existing one keeps being updated.

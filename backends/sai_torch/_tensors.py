@@ -52,7 +52,7 @@ def local_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def whole(tensor: torch.Tensor) -> torch.Tensor:
     """The full logical tensor: a DTensor is gathered from every rank (a collective), else itself.
 
-    Used only for the g-SNR at a block's first gradient, so that the statistic is the one of the
+    Used only for the statistics of a block not yet initialized, so that they are the ones of the
     whole parameter and not of this process's shard.
     """
     return tensor.full_tensor() if is_dtensor(tensor) else tensor
