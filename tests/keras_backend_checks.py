@@ -48,19 +48,34 @@ REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
     "use_ema": {"use_ema": True, "ema_momentum": 0.8},
     "lr_schedule": {"learning_rate": "exponential_decay"},
     "momentum_0": {"momentum": 0.0},
+    "preset_paper": {"preset": "paper", "learning_rate": 0.2},
     "preset_pytorch_optimizer_4": {"preset": "pytorch-optimizer-4", "learning_rate": 2e-3},
 }
+
+# How each backend's trainer runs an optimizer apply (keras/src/backend/*/trainer.py), for the
+# checks that feed hand-made gradients: "eager" is a plain apply; "graph" / "xla" a tf.function
+# without / with jit_compile; "jit" jax.jit of stateless_apply. torch's fit runs eagerly.
+APPLY_MODES: dict[str, tuple[str, ...]] = {
+    "tensorflow": ("eager", "graph", "xla"),
+    "jax": ("eager", "jit"),
+    "torch": ("eager",),
+}
+
+# The apply-level checks of contract v2, each reported once per APPLY_MODES mode.
+APPLY_CHECKS: tuple[str, ...] = ("first_gradient_deferred", "overflow_statistic", "zero_size_never_sets_m")
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 0.1
 
 
 def check_names(config: str) -> list[str]:
-    """The checks a backend configuration reports (``jax-x64`` runs float64 conformance only)."""
+    """The checks a backend configuration reports (``jax-x64``: float64 conformance and the v2 apply checks)."""
+    backend = "jax" if config == "jax-x64" else config
+    # Contract v2's apply-level checks; jax-x64 reruns them where JAX stores float64.
+    v2 = [f"{name}[{mode}]" for name in APPLY_CHECKS for mode in APPLY_MODES[backend]]
     if config == "jax-x64":
-        return []
-    backend = config
+        return [n for n in v2 if not n.startswith("overflow_statistic")]  # float32 only: done by "jax"
     names = ["doctests", "docs_example", "namespace_contract", "runner_discovery", "validation_errors"]
-    names.append("config_round_trip")
+    names += ["defaults", "config_round_trip"] + v2
     names += ["absent_gradient_none_equals_subset", "bfloat16_statistics_in_float32"]
     if backend != "jax":  # eager TensorFlow and torch run only the taken branch of a cond
         names.append("gsnr_evaluated_once_per_variable")
@@ -69,6 +84,7 @@ def check_names(config: str) -> list[str]:
         names.append(f"fit[{mode}]_scales_fixed_after_first_step")
         if mode != "eager":
             names.append(f"fit[{mode}]_equals_eager")
+        names.append(f"fit[{mode}]_zero_first_batch_deferred")
     names += ["save_load_continuation", "mixed_bfloat16", "mixed_float16_loss_scaling"]
     names.append({"jax": "distribution_data_parallel_8", "tensorflow": "distribution_mirrored_2"}.get(backend, ""))
     return [n for n in names if n]
@@ -159,6 +175,7 @@ def _reference_fit(variant: dict[str, Any], x, y, kernel, bias, batch: int, epoc
     """
     import numpy as np
 
+    from sai_core import DEFAULT_PRESET
     from sai_core import ReferenceSGDSaI
 
     lr0 = variant.get("learning_rate", LR)
@@ -168,7 +185,7 @@ def _reference_fit(variant: dict[str, Any], x, y, kernel, bias, batch: int, epoc
         {"params": [kernel.astype(np.float64)], "weight_decay": WEIGHT_DECAY},
         {"params": [bias.astype(np.float64)], "weight_decay": 0.0 if exclude_bias else WEIGHT_DECAY},
     ]
-    opt = ReferenceSGDSaI(groups, lr=0.0, momentum=momentum, preset=variant.get("preset", "paper"))
+    opt = ReferenceSGDSaI(groups, lr=0.0, momentum=momentum, preset=variant.get("preset", DEFAULT_PRESET))
     accumulate = variant.get("gradient_accumulation_steps") or 1
     ema_momentum = variant.get("ema_momentum") if variant.get("use_ema") else None
     average = None
@@ -360,14 +377,15 @@ def check_config_round_trip() -> _Result:
     from sai_keras import SGDSaI
 
     optimizer = SGDSaI(
-        learning_rate=0.2, momentum=0.5, weight_decay=0.0, epsilon=1e-6, preset="sgd-sai-1.0.3",
+        learning_rate=0.2, momentum=0.5, weight_decay=0.0, epsilon=1e-6, preset="paper", zero_gradient="degenerate",
         maximize=True, std_correction=0, exclude_from_weight_decay=["bias", "norm"], clipnorm=1.0, name="custom_sai",
     )
     config = optimizer.get_config()
     rebuilt = SGDSaI.from_config(dict(config)).get_config()
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))  # no custom_objects
     ok = rebuilt == config and type(restored) is SGDSaI and restored.get_config() == config
-    ok = ok and config["std_correction"] == 0 and config["normalize"] == "none" and config["name"] == "custom_sai"
+    ok = ok and config["std_correction"] == 0 and config["normalize"] == "max" and config["name"] == "custom_sai"
+    ok = ok and config["zero_gradient"] == "degenerate" and config["preset"] == "paper"
     return _Result(ok, f"config {config}")
 
 
@@ -471,6 +489,379 @@ def check_fit_matches_reference(variant_name: str) -> _Result:
     state = _optimizer_state(optimizer)
     scales = _compare_blocks(state["scales"] + [state["max_gsnr"]], list(reference.scale) + [reference.max_gsnr], rtol, "S and M")
     return _Result(weights.ok and scales.ok and all(state["initialized"]), f"{weights.detail}; {scales.detail}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Contract v2: defaults, deferred initialization, the overflow-safe statistic, zero-size variables.
+# The apply-level checks run every APPLY_MODES mode of the backend, in float32 and (where the
+# backend stores it) float64, with hand-made gradients.
+
+
+def check_defaults() -> _Result:
+    import keras
+
+    from sai_core import DEFAULT_HYPERPARAMETERS
+    from sai_core import DEFAULT_PRESET
+    from sai_keras import SGDSaI
+
+    config = SGDSaI().get_config()
+    want = {
+        "preset": "sgd-sai",
+        "momentum": 0.9,
+        "weight_decay": 1e-2,
+        "epsilon": 1e-8,
+        "maximize": False,
+        "normalize": "none",
+        "zero_gradient": "defer",
+    }
+    problems = [f"{k}: {config[k]!r} != {v!r}" for k, v in want.items() if config[k] != v]
+    # The learning rate lives in a floatx variable; get_config reads it back at that precision.
+    lr = float(keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(1e-3, keras.config.floatx())))
+    if config["learning_rate"] != lr:
+        problems.append(f"learning_rate: {config['learning_rate']!r} != 1e-3 in {keras.config.floatx()}")
+    # One place: the defaults are sai_core's.
+    core = {"learning_rate": "lr", "epsilon": "eps"}
+    for key in ("momentum", "weight_decay", "epsilon", "maximize"):
+        if config[key] != DEFAULT_HYPERPARAMETERS[core.get(key, key)]:
+            problems.append(f"{key}: {config[key]!r} is not sai_core.DEFAULT_HYPERPARAMETERS'")
+    if DEFAULT_PRESET != config["preset"] or DEFAULT_HYPERPARAMETERS["lr"] != 1e-3:
+        problems.append(f"sai_core defaults: {DEFAULT_PRESET!r}, {dict(DEFAULT_HYPERPARAMETERS)}")
+    shown = {k: config[k] for k in ("preset", "learning_rate", *want)}
+    return _Result(not problems, "; ".join(problems) or f"SGDSaI() config {shown}")
+
+
+def _dtypes() -> list[str]:
+    from sai_conformance.runners.keras_runner import stores_float64
+
+    return ["float32", "float64"] if stores_float64() else ["float32"]
+
+
+def _applier(optimizer, variables, mode: str) -> Callable[[list[Any]], None]:
+    """``apply(grads)`` of ``optimizer`` on ``variables`` as ``mode`` runs it (``None``: no gradient)."""
+    import keras
+
+    optimizer.build(variables)
+    if mode == "eager":
+
+        def eager(grads):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Keras warns about every None gradient
+                optimizer.apply(grads, variables)
+
+        return eager
+    if mode in ("graph", "xla"):
+        import tensorflow as tf
+
+        function = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=(mode == "xla"))
+
+        def traced(grads):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                function(grads)
+
+        return traced
+    if mode == "jit":
+        import jax
+
+        stateless = jax.jit(optimizer.stateless_apply)
+
+        def jitted(grads):
+            new_values, new_state = stateless(
+                [v.value for v in optimizer.variables], grads, [v.value for v in variables]
+            )
+            for variable, value in zip(variables, new_values):
+                variable.assign(value)
+            for variable, value in zip(optimizer.variables, new_state):
+                variable.assign(value)
+
+        return jitted
+    raise ValueError(f"unknown apply mode {mode!r} on {keras.backend.backend()}")
+
+
+@dataclasses.dataclass
+class _State:
+    """Everything an apply can change, as NumPy arrays in the stored dtype (bits comparable)."""
+
+    params: list
+    buffers: list
+    scales: list
+    flags: list
+    max_gsnr: Any
+
+
+def _state(optimizer, variables) -> _State:
+    import keras
+    import numpy as np
+
+    def raw(x):
+        return np.array(keras.ops.convert_to_numpy(x))
+
+    return _State(
+        params=[raw(v) for v in variables],
+        buffers=[raw(b) for b in optimizer.momentums],
+        scales=[raw(s) for s in optimizer.scales],
+        flags=[bool(raw(f)) for f in optimizer.initialized],
+        max_gsnr=raw(optimizer.max_gsnr),
+    )
+
+
+def _replay(mode: str, dtype: str, initial: list, steps: list[list], preset: str, **hyper: Any) -> list[_State]:
+    """Applies ``steps`` (rows of float64 arrays or ``None``) to fresh ``dtype`` variables."""
+    import keras
+
+    from sai_conformance.runners.keras_runner import floatx
+    from sai_keras import SGDSaI
+
+    kwargs = {"learning_rate": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, **hyper}
+    with floatx(dtype):
+        variables = [keras.Variable(p, dtype=dtype, name=f"block{i}") for i, p in enumerate(initial)]
+        optimizer = SGDSaI(preset=preset, **kwargs)
+        apply = _applier(optimizer, variables, mode)
+    states = [_state(optimizer, variables)]
+    for row in steps:
+        apply([None if g is None else keras.ops.convert_to_tensor(g, dtype=dtype) for g in row])
+        states.append(_state(optimizer, variables))
+    return states
+
+
+def _reference_replay(initial: list, steps: list[list], preset: str, **hyper: Any):
+    """The float64 reference on the same (dtype-rounded) values: its scales and M after each step."""
+    from sai_core import ReferenceSGDSaI
+
+    kwargs = {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, **hyper}
+    reference = ReferenceSGDSaI([p.copy() for p in initial], preset=preset, **kwargs)
+    after = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NonFiniteGradientWarning: expected here
+        for row in steps:
+            reference.step(row)
+            after.append(([None if s is None else float(s) for s in reference.scale], reference.max_gsnr))
+    return after
+
+
+def _rel(got: float, want: float) -> float:
+    return abs(got - want) / abs(want) if want != 0 else abs(got)
+
+
+def _bad_gradient(kind: str, shape: tuple, rng) -> Any:
+    import numpy as np
+
+    if kind == "none":
+        return None
+    if kind == "zero":
+        return np.zeros(shape)
+    values = rng.standard_normal(shape)
+    values.reshape(-1)[3] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}[kind]
+    return values
+
+
+# The bad first gradient each preset is checked with; "none" is the apply it must equal.
+_DEFERRAL_KINDS: dict[str, tuple[str, ...]] = {
+    "sgd-sai": ("none", "nan", "inf", "zero"),
+    "paper": ("none", "-inf", "zero"),
+}
+
+
+def _deferral_inputs(dtype: str, kind: str):
+    import numpy as np
+
+    from sai_conformance._cases import round_to_dtype
+
+    # Block 1 is the bad one; the others have offsets so that their g-SNRs (and M) differ.
+    shapes = [(8, 16), (4, 4), (7,), ()]
+    rng = np.random.default_rng(21)
+    initial = [round_to_dtype(rng.standard_normal(s), dtype) for s in shapes]
+    rows = [[round_to_dtype(0.5 * i + rng.standard_normal(s), dtype) for i, s in enumerate(shapes)] for _ in range(2)]
+    bad = _bad_gradient(kind, shapes[1], np.random.default_rng(22))
+    rows[0][1] = None if bad is None else round_to_dtype(bad, dtype)
+    return initial, rows
+
+
+def deferral_checks(backend: str) -> dict[str, _Result]:
+    """``first_gradient_deferred[mode]``: NaN / inf / all-zero first gradients, per apply mode.
+
+    For each preset, dtype and bad kind, the apply with the bad first gradient of block 1 must
+    leave every other block's scale, ``M``, parameters and buffer exactly (==) as the apply where
+    block 1 has no gradient; block 1 itself stays bit-identical with its flag false, buffer zero
+    and scale unset; at its first finite gradient (step 2) it initializes, with the float64
+    reference's scale within the dtype's one-step tolerance. Under the port preset
+    ``sgd-sai-1.0.3`` an all-zero first gradient initializes at once (``G = 0 / eps = 0``), as the
+    reference says.
+    """
+    import numpy as np
+
+    from sai_conformance import TOLERANCES
+
+    results = {}
+    for mode in APPLY_MODES[backend]:
+        problems, count = [], 0
+        for dtype in _dtypes():
+            rtol = TOLERANCES[dtype].one_step
+            for preset, kinds in _DEFERRAL_KINDS.items():
+                runs = {}
+                for kind in kinds:
+                    initial, rows = _deferral_inputs(dtype, kind)
+                    runs[kind] = _replay(mode, dtype, initial, rows, preset)
+                    reference = _reference_replay(initial, rows, preset)
+                    label = f"{dtype} {preset} {kind}"
+                    start, first, second = runs[kind]
+                    if first.flags[1] or not second.flags[1]:
+                        problems.append(f"{label}: block 1 flag after steps 1, 2 = {first.flags[1]}, {second.flags[1]}")
+                    if not all(second.flags):
+                        problems.append(f"{label}: flags after step 2 {second.flags}")
+                    ref_scales, ref_max = reference[1]
+                    errors = [_rel(float(s), r) for s, r in zip(second.scales, ref_scales)]
+                    errors.append(_rel(float(second.max_gsnr), float(ref_max)))
+                    if max(errors) > rtol:
+                        problems.append(f"{label}: step 2 scales/M vs reference rel errors {errors} (rtol {rtol:g})")
+                    if kind == "none":
+                        continue
+                    count += 1
+                    # Block 1 is untouched by the bad first gradient, bit for bit.
+                    untouched = (
+                        first.params[1].tobytes() == start.params[1].tobytes()
+                        and first.buffers[1].tobytes() == start.buffers[1].tobytes()
+                        and first.scales[1].tobytes() == start.scales[1].tobytes()
+                    )
+                    if not untouched:
+                        problems.append(f"{label}: block 1 changed by its bad first gradient")
+                    # Everything else is exactly as without block 1's gradient.
+                    other = runs["none"][1]
+                    same = (
+                        first.flags == other.flags
+                        and np.array_equal(first.max_gsnr, other.max_gsnr)
+                        and all(
+                            np.array_equal(getattr(first, f)[i], getattr(other, f)[i])
+                            for f in ("params", "buffers", "scales")
+                            for i in (0, 2, 3)
+                        )
+                    )
+                    if not same:
+                        problems.append(
+                            f"{label}: step 1 differs from the apply without block 1's gradient: scales "
+                            f"{[float(x) for x in first.scales]} vs {[float(x) for x in other.scales]}, "
+                            f"M {float(first.max_gsnr)} vs {float(other.max_gsnr)}"
+                        )
+            # A port preset: the all-zero first gradient is a constant one and initializes.
+            initial, rows = _deferral_inputs(dtype, "zero")
+            states = _replay(mode, dtype, initial, rows, "sgd-sai-1.0.3")
+            ref_scales, ref_max = _reference_replay(initial, rows, "sgd-sai-1.0.3")[0]
+            errors = [_rel(float(s), r) for s, r in zip(states[1].scales, ref_scales)] + [_rel(float(states[1].max_gsnr), float(ref_max))]
+            count += 1
+            if not all(states[1].flags) or max(errors) > rtol or float(states[1].scales[1]) != ref_scales[1]:
+                problems.append(
+                    f"{dtype} sgd-sai-1.0.3 zero: flags after step 1 {states[1].flags}, scale of block 1 "
+                    f"{float(states[1].scales[1])} (reference {ref_scales[1]}), rel errors {errors}"
+                )
+        results[f"first_gradient_deferred[{mode}]"] = _Result(
+            not problems and count > 0, "; ".join(problems) or f"{count} bad first gradients ({_dtypes()}) deferred as the reference defers"
+        )
+    return results
+
+
+def overflow_checks(backend: str) -> dict[str, _Result]:
+    """``overflow_statistic[mode]``: float32 first gradients ~1e30 (squares overflow) and ~1e-30.
+
+    The scales and ``M`` equal the float64 reference's on the same float32 values within the
+    float32 one-step tolerance, under ``sgd-sai`` and ``paper``; parameters stay finite.
+    """
+    import numpy as np
+
+    from sai_conformance import TOLERANCES
+    from sai_conformance._cases import round_to_dtype
+
+    rng = np.random.default_rng(31)
+    shapes = [(8, 16), (7,), (16, 1)]
+    initial = [round_to_dtype(rng.standard_normal(s), "float32") for s in shapes]
+    factors = [1e30, 1e-30, 1.0]
+    rows = [[round_to_dtype(f * (0.5 * i + rng.standard_normal(s)), "float32") for i, (f, s) in enumerate(zip(factors, shapes))]]
+    rows.append([round_to_dtype(rng.standard_normal(s), "float32") for s in shapes])
+    rtol = TOLERANCES["float32"].one_step
+    results = {}
+    for mode in APPLY_MODES[backend]:
+        problems, details = [], []
+        for preset in ("sgd-sai", "paper"):
+            states = _replay(mode, "float32", initial, rows, preset, weight_decay=0.0)
+            ref_scales, ref_max = _reference_replay(initial, rows, preset, weight_decay=0.0)[0]
+            got = [float(s) for s in states[1].scales] + [float(states[1].max_gsnr)]
+            want = list(ref_scales) + [float(ref_max)]
+            errors = [_rel(g, w) for g, w in zip(got, want)]
+            finite = all(np.all(np.isfinite(p)) for s in states for p in s.params)
+            details.append(f"{preset}: scales/M {got} vs reference {want}, rel errors {errors}")
+            if max(errors) > rtol or not finite or not all(states[1].flags):
+                problems.append(details[-1] + f", params finite {finite}, flags {states[1].flags}")
+        results[f"overflow_statistic[{mode}]"] = _Result(not problems, "; ".join(problems or details) + f" (rtol {rtol:g})")
+    return results
+
+
+def zero_size_checks(backend: str) -> dict[str, _Result]:
+    """``zero_size_never_sets_m[mode]``: zero-size variables never initialize nor set ``M``.
+
+    Step 1: the zero-size variables have (empty) gradients, the others none or all-zero ones
+    (deferred), so nothing initializes and ``M`` stays unset. Step 2: ``M`` is the largest g-SNR
+    of the other variables (the reference's, within tolerance); the zero-size ones stay
+    uninitialized.
+    """
+    import numpy as np
+
+    from sai_conformance import TOLERANCES
+    from sai_conformance._cases import round_to_dtype
+
+    shapes = [(0,), (8, 16), (2, 0, 3), (7,)]
+    results = {}
+    for mode in APPLY_MODES[backend]:
+        problems, count = [], 0
+        for dtype in _dtypes():
+            rng = np.random.default_rng(41)
+            initial = [round_to_dtype(rng.standard_normal(s), dtype) for s in shapes]
+            for other in ("absent", "zero"):
+                first = [np.zeros(s) if i in (0, 2) or other == "zero" else None for i, s in enumerate(shapes)]
+                rows = [first, [round_to_dtype(0.5 * i + rng.standard_normal(s), dtype) for i, s in enumerate(shapes)]]
+                states = _replay(mode, dtype, initial, rows, "paper")
+                ref_scales, ref_max = _reference_replay(initial, rows, "paper")[1]
+                count += 1
+                label = f"{dtype}, others {other} at step 1"
+                if any(states[1].flags) or float(states[1].max_gsnr) != 0.0:
+                    problems.append(f"{label}: after step 1 flags {states[1].flags}, M {float(states[1].max_gsnr)}")
+                if states[1].params[1].tobytes() != states[0].params[1].tobytes():
+                    problems.append(f"{label}: block 1 changed at step 1")
+                if states[2].flags != [False, True, False, True]:
+                    problems.append(f"{label}: flags after step 2 {states[2].flags}")
+                error = _rel(float(states[2].max_gsnr), float(ref_max))
+                if error > TOLERANCES[dtype].one_step:
+                    problems.append(f"{label}: M {float(states[2].max_gsnr)} vs reference {float(ref_max)}")
+        results[f"zero_size_never_sets_m[{mode}]"] = _Result(
+            not problems and count > 0, "; ".join(problems) or f"{count} runs ({_dtypes()}): zero-size variables never set M"
+        )
+    return results
+
+
+def check_fit_zero_first_batch(mode_kwargs: dict[str, Any]) -> _Result:
+    """``model.fit`` whose first batch is all zeros: the kernel's first gradient is exactly zero.
+
+    The Dense kernel stays uninitialized and untouched (no decay) for that step while the bias
+    initializes; training then matches the reference (which defers the same way) within the
+    float32 trajectory tolerance.
+    """
+    import keras
+    import numpy as np
+
+    x, y, kernel, bias = _linear_data()
+    x[:8] = 0.0
+    model = _linear_model(kernel, bias, _make_optimizer({}), **mode_kwargs)
+    optimizer = model.optimizer
+    model.fit(x[:8], y[:8], batch_size=8, epochs=1, shuffle=False, verbose=0)
+    after_first = _optimizer_state(optimizer)
+    kernel_after = np.array(keras.ops.convert_to_numpy(model.weights[0]))
+    untouched = kernel_after.tobytes() == kernel.tobytes() and after_first["initialized"] == [False, True]
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    params, reference = _reference_fit({}, np.concatenate([x[:8], x, x]), np.concatenate([y[:8], y, y]), kernel, bias, batch=8, epochs=1)
+    rtol = _float32_trajectory_rtol()
+    weights = _compare_blocks([_np(w) for w in model.weights], params, rtol, "weights")
+    state = _optimizer_state(optimizer)
+    scales = _compare_blocks(state["scales"] + [state["max_gsnr"]], list(reference.scale) + [reference.max_gsnr], rtol, "S and M")
+    ok = untouched and weights.ok and scales.ok and all(state["initialized"])
+    return _Result(ok, f"after the zero batch {after_first}, kernel untouched: {untouched}; {weights.detail}; {scales.detail}")
 
 
 def _fit_run(mode_kwargs: dict[str, Any], initial_weights) -> dict[str, Any]:
@@ -601,7 +992,7 @@ def check_mixed_bfloat16() -> _Result:
         compute == {"bfloat16"}
         and dtypes == {"float32"}
         and all(state["initialized"])
-        and 0 < min(state["scales"]) <= max(state["scales"]) == 1.0
+        and 0 < min(state["scales"]) <= max(state["scales"]) == state["max_gsnr"]  # sgd-sai: S = G
         and bool(np.all(np.isfinite(losses)))
         and losses[-1] < losses[0]
     )
@@ -623,7 +1014,7 @@ def check_mixed_float16_loss_scaling() -> _Result:
     ok = (
         dtypes == {"float32"}
         and all(state["initialized"])
-        and 0 < min(state["scales"]) <= max(state["scales"]) == 1.0
+        and 0 < min(state["scales"]) <= max(state["scales"]) == state["max_gsnr"]  # sgd-sai: S = G
         and bool(np.all(np.isfinite(losses)))
         and losses[-1] < losses[0]
     )
@@ -654,6 +1045,33 @@ def _distributed_vs_single(distributed: Callable[[], Any], batch: int) -> _Resul
     return _Result(weights.ok and scales.ok, f"{weights.detail}; {scales.detail}")
 
 
+def _distributed_zero_first_batch(distributed: Callable[[], Any]) -> _Result:
+    """Deferral across replicas: a zero first batch leaves the kernel uninitialized, as on one device."""
+    import contextlib
+
+    import numpy as np
+
+    x, y, kernel, bias = _linear_data()
+    x[:8] = 0.0
+    trained = []
+    for context in (contextlib.nullcontext, distributed):
+        with context():
+            model = _linear_model(kernel, bias, _make_optimizer({}))
+            model.fit(x[:8], y[:8], batch_size=8, epochs=1, shuffle=False, verbose=0)
+            first = _optimizer_state(model.optimizer)["initialized"]
+            untouched = np.array_equal(_np(model.weights[0]), kernel)
+            model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+            trained.append(([_np(w) for w in model.weights], _optimizer_state(model.optimizer), first, untouched))
+    rtol = _float32_trajectory_rtol()
+    weights = _compare_blocks(trained[1][0], trained[0][0], rtol, "zero first batch: weights vs one device")
+    scales = _compare_blocks(trained[1][1]["scales"], trained[0][1]["scales"], rtol, "scales vs one device")
+    deferred = trained[1][2] == [False, True] and trained[1][3]
+    return _Result(
+        weights.ok and scales.ok and deferred,
+        f"{weights.detail}; {scales.detail}; flags after the zero batch {trained[1][2]}, kernel untouched {trained[1][3]}",
+    )
+
+
 def check_distribution_data_parallel_8() -> _Result:
     import contextlib
 
@@ -673,7 +1091,11 @@ def check_distribution_data_parallel_8() -> _Result:
             keras.distribution.set_distribution(None)
 
     result = _distributed_vs_single(data_parallel, batch=8)
-    return _Result(result.ok, f"8 host devices, one sample of each batch of 8 per device; {result.detail}")
+    deferred = _distributed_zero_first_batch(data_parallel)
+    return _Result(
+        result.ok and deferred.ok,
+        f"8 host devices, one sample of each batch of 8 per device; {result.detail}; {deferred.detail}",
+    )
 
 
 def check_distribution_mirrored_2() -> _Result:
@@ -684,7 +1106,8 @@ def check_distribution_mirrored_2() -> _Result:
         return _Result(False, f"logical CPU devices {devices}")
     strategy = tf.distribute.MirroredStrategy(devices[:2])
     result = _distributed_vs_single(strategy.scope, batch=8)
-    return _Result(result.ok, f"MirroredStrategy over {devices[:2]}; {result.detail}")
+    deferred = _distributed_zero_first_batch(strategy.scope)
+    return _Result(result.ok and deferred.ok, f"MirroredStrategy over {devices[:2]}; {result.detail}; {deferred.detail}")
 
 
 def conformance_results(compiled: bool, float64_only: bool) -> list[dict[str, Any]]:
@@ -742,6 +1165,7 @@ def run(config: str, only: str | None) -> dict[str, Any]:
         "namespace_contract": check_namespace_contract,
         "runner_discovery": check_runner_discovery,
         "validation_errors": check_validation_errors,
+        "defaults": check_defaults,
         "config_round_trip": check_config_round_trip,
         "absent_gradient_none_equals_subset": check_absent_gradient_none_equals_subset,
         "bfloat16_statistics_in_float32": check_bfloat16_statistics_in_float32,
@@ -755,9 +1179,28 @@ def run(config: str, only: str | None) -> dict[str, Any]:
     simple.update(
         {f"fit_matches_reference[{v}]": (lambda v=v: check_fit_matches_reference(v)) for v in REFERENCE_VARIANTS}
     )
+    simple.update(
+        {
+            f"fit[{mode}]_zero_first_batch_deferred": (lambda kwargs=kwargs: check_fit_zero_first_batch(kwargs))
+            for mode, kwargs in FIT_MODES[backend]
+        }
+    )
     for name in wanted:
         if name in simple:
             record(name, simple[name])
+    groups = {"first_gradient_deferred": deferral_checks, "overflow_statistic": overflow_checks, "zero_size_never_sets_m": zero_size_checks}
+    for prefix, function in groups.items():
+        names = [n for n in wanted if n.startswith(prefix + "[")]
+        if not names:
+            continue
+        t0 = time.perf_counter()
+        try:
+            group_results = function(backend)
+        except Exception:
+            group_results = {n: _Result(False, traceback.format_exc()) for n in names}
+        for name in names:
+            result = group_results.get(name, _Result(False, f"{prefix} did not report {name}"))
+            checks[name] = {"ok": bool(result.ok), "detail": result.detail, "seconds": round(time.perf_counter() - t0, 2)}
     if any(n.startswith("fit[") for n in wanted):
         t0 = time.perf_counter()
         try:

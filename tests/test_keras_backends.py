@@ -9,8 +9,13 @@ JSON; the tests below assert those results one by one, so a failure names its ba
   ``MirroredStrategy`` over 2 logical CPUs, and the golden vectors compiled and eager;
 * ``jax``: jit and ``run_eagerly``, ``DataParallel`` over 8 host devices (``XLA_FLAGS``), golden
   vectors in float32/bfloat16 (JAX stores float64 only with x64 enabled);
-* ``jax-x64``: the float64 golden vectors with ``JAX_ENABLE_X64=1``;
+* ``jax-x64``: the float64 golden vectors with ``JAX_ENABLE_X64=1``, and the contract v2 apply
+  checks (deferred first gradients, zero-size variables) in float32 and float64;
 * ``torch``: the default (eager) ``fit`` and ``run_eagerly``, and the golden vectors.
+
+Every configuration also runs contract v2's apply-level checks in each of its apply modes (eager,
+``tf.function`` with and without XLA, ``jax.jit``): NaN / inf / all-zero first gradients deferred,
+the overflow-safe statistic, zero-size variables (see ``APPLY_CHECKS`` in the script).
 
 Debug one backend by running the script directly (see its docstring).
 """

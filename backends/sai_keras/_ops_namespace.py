@@ -42,6 +42,11 @@ _KINDS["integral"] = _KINDS["signed integer"] | _KINDS["unsigned integer"]
 _KINDS["numeric"] = _KINDS["integral"] | _KINDS["real floating"] | _KINDS["complex floating"]
 
 
+def all(x: Any, /) -> Any:  # noqa: A001 - the array API name
+    """Whether every element of ``x`` is true (a 0-d bool tensor; true for an empty ``x``)."""
+    return _ops.all(x)
+
+
 def asarray(obj: Any, /, *, dtype: Any = None) -> Any:
     """``obj`` as a backend tensor (``keras.ops.convert_to_tensor``), cast to ``dtype`` if given."""
     return _ops.convert_to_tensor(obj, dtype=dtype)
@@ -64,6 +69,11 @@ def isdtype(dtype: Any, kind: Any) -> bool:
     if isinstance(kind, str) and kind in _KINDS:
         return name in _KINDS[kind]
     return name == _backend.standardize_dtype(kind)
+
+
+def isfinite(x: Any, /) -> Any:
+    """Elementwise: true where ``x`` is neither NaN nor infinite."""
+    return _ops.isfinite(x)
 
 
 def max(x: Any, /) -> Any:  # noqa: A001 - the array API name

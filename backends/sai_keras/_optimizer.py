@@ -4,15 +4,19 @@ The math is :mod:`sai_core`'s, run on backend tensors through the ``keras.ops`` 
 :mod:`sai_keras._ops_namespace`. The class only decides *when* each piece runs, without a Python
 flag evaluated at trace time:
 
-* ``_backend_update_step`` (once per ``apply``, before any variable is updated) computes, inside a
-  ``keras.ops.cond`` taken only while some variable of this call still lacks its scale, the raw
-  g-SNR of every such variable and, at the first step, the normaliser ``M``: the largest g-SNR over
-  *all* variables the call updates. Scales and ``M`` live in optimizer variables.
-* ``update_step`` (once per variable) updates the momentum buffer, the first gradient being a step
-  whose momentum is 0 (a scalar ``keras.ops.where`` on the variable's ``initialized`` flag), then
-  the variable, with decoupled weight decay fused into the same expression (see :class:`SGDSaI`).
+* ``_initialize_scales`` (once per ``apply``, before any variable is updated) decides, inside a
+  ``keras.ops.cond`` taken only while some variable of this call is still uninitialized, which
+  variables initialize now (their gradient is their first informative one: finite and, under
+  ``zero_gradient="defer"``, not all zero), computes their raw g-SNR and, at the first call where
+  any variable initializes, the normaliser ``M``: the largest g-SNR over the variables initializing
+  then. Scales, ``M`` and the ``initialized`` flags live in optimizer variables and are set there,
+  together. It hands each variable two 0-d gates: ``active`` (initialized) and ``first``.
+* ``_update_variable`` (once per variable) updates the momentum buffer, the first gradient being a
+  step whose momentum is 0 (a scalar ``keras.ops.where`` on ``first``), then the variable, with
+  decoupled weight decay fused into the same expression (see :class:`SGDSaI`). An uninitialized
+  variable is left exactly as it was (scalar gates, one NaN-safe select on the gradient).
 
-On the TensorFlow backend under ``tf.distribute`` the gradients are all-reduced after
+On the TensorFlow backend the gradients are all-reduced under ``tf.distribute`` after
 ``_backend_update_step`` starts, so there the scales are set in the backend's per-strategy update
 hook, from the reduced gradients, identically on every replica.
 """
@@ -20,6 +24,7 @@ hook, from the reduced gradients, identically on every replica.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -27,8 +32,11 @@ from typing import Any
 import keras
 from keras import ops
 
+from sai_core import DEFAULT_HYPERPARAMETERS
+from sai_core import DEFAULT_PRESET
 from sai_core import KNOB_VALUES
 from sai_core import compute_dtype
+from sai_core import is_informative
 from sai_core import raw_gsnr
 from sai_core import resolve_config
 from sai_core import scale_from_gsnr
@@ -64,18 +72,35 @@ class SGDSaI(keras.optimizers.Optimizer):
     .. math::
 
         G &= \\lVert g \\rVert_2 / (\\operatorname{std}(g) + \\epsilon)
-            \\quad\\text{at the variable's first gradient only}
+            \\quad\\text{at the variable's first informative gradient only}
             \\quad(\\sqrt{n} \\text{ if } n = 1 \\text{ or } g \\text{ is constant}) \\\\
-        S &= G / M, \\quad M = \\max G \\text{ over all variables of the first step, then frozen} \\\\
-        m &\\leftarrow \\mu m + (1 - \\mu) g \\quad (m = g \\text{ at the first gradient}) \\\\
+        S &= G \\quad(\\text{preset } \\texttt{"paper"}\\text{: } S = G / M,
+            \\ M = \\max G \\text{ over the variables initialized first, then frozen}) \\\\
+        m &\\leftarrow \\mu m + (1 - \\mu) g \\quad (m = g \\text{ at initialization}) \\\\
         \\theta &\\leftarrow \\theta - \\eta \\lambda \\theta - \\eta S m
+
+    The default preset ``"sgd-sai"`` is the algorithm as its authors released it and ran it for
+    the paper's experiments: no max-normalisation, so a variable's step is about
+    ``lr * sqrt(n)`` times its momentum, and learning rates and weight decays taken from the
+    paper, the published ports and (roughly) AdamW mean what they meant there. Under ``"paper"``
+    (Algorithm 1, max-normalised) the same training needs ``learning_rate * M`` and
+    ``weight_decay / M`` (``M`` is 256 for a 0.8M-parameter GPT, about 6,000 for GPT-2 small);
+    see ``docs/keras.md``.
+
+    A first gradient that is not informative (a NaN or inf element, or all zeros under
+    ``zero_gradient="defer"``) leaves the variable uninitialized and untouched, exactly as if it
+    had no gradient: no decay, buffer and variable unchanged, other variables and ``M``
+    unaffected. It initializes at its first informative gradient. (No warning is issued: the
+    decision is data inside the compiled step.) A variable whose gradient stays zero forever is
+    never updated, not even decayed, and each step pays a check of its gradient (a few reductions
+    over that one tensor). A zero-size variable never initializes.
 
     The scales ``S``, ``M``, the momentum buffers and one ``initialized`` flag per variable are
     optimizer variables: ``model.save`` / ``keras.models.load_model`` restore them and training
     continues exactly. A variable without a gradient in a call (``None``, or left out of
-    ``apply``'s variable list) is untouched, and gets its scale at its first gradient, divided by
-    the frozen ``M``. Statistics and updates are computed in float32 (float64 for float64
-    variables), also for bfloat16/float16 variables and gradients.
+    ``apply``'s variable list) is untouched, and gets its scale at its first informative gradient
+    (under ``"paper"`` divided by the frozen ``M``). Statistics and updates are computed in
+    float32 (float64 for float64 variables), also for bfloat16/float16 variables and gradients.
 
     Weight decay uses Keras's ``weight_decay`` and ``exclude_from_weight_decay`` (by variable name
     or object), decoupled, with the step's learning rate and not scaled by ``S``. Keras would apply
@@ -83,14 +108,16 @@ class SGDSaI(keras.optimizers.Optimizer):
     (in bfloat16 a separate ``lr * wd`` of 1e-4 would be rounded away entirely).
 
     Args:
-        learning_rate: ``eta >= 0``: a float, a ``keras.optimizers.schedules.LearningRateSchedule``
-            or a callable returning the value. Under an unnormalised preset a variable's step is
-            about ``sqrt(n)`` times larger (see ``docs/keras.md``).
-        momentum: ``mu`` in ``[0, 1)``; with ``0`` no buffer is kept.
-        weight_decay: decoupled weight decay ``lambda >= 0``; ``None`` or ``0`` disables it.
-        epsilon: the g-SNR denominator guard, ``>= 0``.
-        preset: ``"paper"`` (default), ``"sgd-sai-1.0.3"``, ``"sgd-sai-1.0.4"``, ``"sgd-sai-1.1.0"``
-            or ``"pytorch-optimizer-4"`` (see :data:`sai_core.PRESETS`).
+        learning_rate: ``eta >= 0`` (default ``1e-3``): a float, a
+            ``keras.optimizers.schedules.LearningRateSchedule`` or a callable returning the value.
+            Under ``"sgd-sai"`` a variable's step is about ``sqrt(n)`` times its momentum; the
+            ``"paper"`` equivalent of ``lr`` is ``lr * M`` (see ``docs/keras.md``).
+        momentum: ``mu`` in ``[0, 1)`` (default ``0.9``); with ``0`` no buffer is kept.
+        weight_decay: decoupled weight decay ``lambda >= 0`` (default ``1e-2``); ``None`` or ``0``
+            disables it. The ``"paper"`` equivalent of ``weight_decay`` is ``weight_decay / M``.
+        epsilon: the g-SNR denominator guard, ``>= 0`` (default ``1e-8``).
+        preset: ``"sgd-sai"`` (default), ``"paper"``, ``"sgd-sai-1.0.3"``, ``"sgd-sai-1.0.4"``,
+            ``"sgd-sai-1.1.0"`` or ``"pytorch-optimizer-4"`` (see :data:`sai_core.PRESETS`).
         maximize: ascend the objective instead of descending it.
         exclude_from_weight_decay: variable-name substrings (regular expressions) to exclude from
             weight decay, as ``var_names`` of the Keras method of the same name; unlike exclusions
@@ -99,13 +126,15 @@ class SGDSaI(keras.optimizers.Optimizer):
         loss_scale_factor, gradient_accumulation_steps, name: as for every Keras optimizer. The
             g-SNR is computed from the gradient after unscaling, accumulation and clipping.
         **knob_overrides: ``snr``, ``normalize``, ``std_correction``, ``degenerate``,
-            ``vector_rule``, ``momentum_init``: override the preset's value of that knob.
+            ``vector_rule``, ``momentum_init``, ``zero_gradient``: override the preset's value of
+            that knob.
 
     Attributes:
         momentums: one buffer per variable (empty when ``momentum == 0``).
         scales: one 0-d scale ``S`` per variable (float32; float64 for float64 variables).
-        initialized: one 0-d bool per variable, true once the variable had a gradient.
-        max_gsnr: the 0-d normaliser ``M`` (float64 if any variable is float64, else float32).
+        initialized: one 0-d bool per variable, true once the variable had an informative gradient.
+        max_gsnr: the 0-d normaliser ``M`` (float64 if any variable is float64, else float32); it
+            is set (under every preset) at the first step where a variable initializes.
         sai_config: the resolved :class:`sai_core.SaIConfig`.
 
     Raises:
@@ -118,17 +147,25 @@ class SGDSaI(keras.optimizers.Optimizer):
         >>> from sai_keras import SGDSaI
         >>> w = keras.Variable(np.ones((2, 2)), dtype="float32", name="w")
         >>> b = keras.Variable(np.ones(3), dtype="float32", name="b")
-        >>> opt = SGDSaI(learning_rate=0.1, weight_decay=0.0)
+        >>> opt = SGDSaI(learning_rate=0.01, weight_decay=0.0)  # preset "sgd-sai"
         >>> opt.apply([np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([1.0, 0.0, -1.0])], [w, b])
-        >>> [round(float(keras.ops.convert_to_numpy(s)), 4) for s in opt.scales]  # S = G / max G
-        [1.0, 0.3333]
-        >>> [round(float(v), 4) for v in keras.ops.convert_to_numpy(b)]
-        [0.9667, 1.0, 1.0333]
+        >>> [round(float(keras.ops.convert_to_numpy(s)), 4) for s in opt.scales]  # S = G = ||g|| / std(g)
+        [4.2426, 1.4142]
+        >>> [round(float(v), 4) for v in keras.ops.convert_to_numpy(b)]  # 1 - 0.01 * 1.4142 * g
+        [0.9859, 1.0, 1.0141]
+
+        An all-zero or non-finite first gradient defers the variable's initialization:
+
+        >>> v = keras.Variable(np.ones(2), dtype="float32", name="v")
+        >>> opt = SGDSaI()
+        >>> opt.apply([np.array([np.nan, 1.0])], [v])
+        >>> bool(keras.ops.convert_to_numpy(opt.initialized[0])), keras.ops.convert_to_numpy(v).tolist()
+        (False, [1.0, 1.0])
 
         In ``model.compile`` (the scales are fixed by the first batch's gradients):
 
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-        >>> model.compile(optimizer=SGDSaI(learning_rate=0.1), loss="mse")
+        >>> model.compile(optimizer=SGDSaI(), loss="mse")
         >>> x, y = np.ones((8, 3), "float32"), np.zeros((8, 1), "float32")
         >>> history = model.fit(x, y, epochs=2, batch_size=4, verbose=0)
         >>> int(keras.ops.convert_to_numpy(model.optimizer.iterations))
@@ -137,13 +174,13 @@ class SGDSaI(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        learning_rate: Any = 1e-2,
-        momentum: float = 0.9,
-        weight_decay: float | None = 1e-2,
-        epsilon: float = 1e-8,
+        learning_rate: Any = DEFAULT_HYPERPARAMETERS["lr"],
+        momentum: float = DEFAULT_HYPERPARAMETERS["momentum"],
+        weight_decay: float | None = DEFAULT_HYPERPARAMETERS["weight_decay"],
+        epsilon: float = DEFAULT_HYPERPARAMETERS["eps"],
         *,
-        preset: str = "paper",
-        maximize: bool = False,
+        preset: str = DEFAULT_PRESET,
+        maximize: bool = DEFAULT_HYPERPARAMETERS["maximize"],
         exclude_from_weight_decay: Sequence[str] | None = None,
         clipnorm: float | None = None,
         clipvalue: float | None = None,
@@ -250,86 +287,159 @@ class SGDSaI(keras.optimizers.Optimizer):
         # shape makes them dense (the g-SNR and the buffer are statistics of the whole tensor) and
         # is a no-op for dense gradients on every backend.
         grads = [ops.reshape(g, tuple(v.shape)) for g, v in zip(grads, trainable_variables)]
-        # The g-SNR must see the final gradients. Only the TensorFlow backend reduces them later
-        # (tf.distribute, inside its _backend_update_step), and it then calls the hook below.
-        if not hasattr(super(), "_distributed_tf_update_step"):
-            self._initialize_scales(grads, trainable_variables)
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
+        if hasattr(super(), "_distributed_tf_update_step"):
+            # TensorFlow: the gradients are all-reduced (tf.distribute) inside the backend's
+            # _backend_update_step, which then calls the hook below; the g-SNR must see them.
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return
+        gates = self._initialize_scales(grads, trainable_variables)
+        for grad, variable, gate in zip(grads, trainable_variables, gates):
+            self._update_variable(grad, variable, learning_rate, gate)
 
     def _distributed_tf_update_step(self, distribution: Any, grads_and_vars: Any, learning_rate: Any) -> None:
-        # TensorFlow only: tf.distribute all-reduces the gradients inside the backend's
+        # TensorFlow only (it replaces the backend's loop of update_step calls, to hand each
+        # variable its gates): tf.distribute all-reduces the gradients inside the backend's
         # _backend_update_step, so the g-SNR is taken here, from the all-reduced gradients, once
         # per replica (every replica computes the same values).
         import tensorflow as tf  # only reached on the TensorFlow backend
 
         grads, variables = (list(pairs) for pairs in zip(*grads_and_vars))
         if tf.distribute.in_cross_replica_context():
-            distribution.extended.call_for_each_replica(self._initialize_scales, args=(grads, variables))
+            # Per-replica gates; extended.update hands each device's copy of a variable its own.
+            gates = distribution.extended.call_for_each_replica(self._initialize_scales, args=(grads, variables))
         else:  # no merge call (default strategy): already in the one replica's context
-            self._initialize_scales(grads, variables)
-        super()._distributed_tf_update_step(distribution, grads_and_vars, learning_rate)
+            gates = self._initialize_scales(grads, variables)
+        for grad, variable, gate in zip(grads, variables, gates):
+            distribution.extended.update(
+                variable, self._update_variable_for_update, args=(grad, learning_rate, gate), group=False
+            )
 
-    def _initialize_scales(self, grads: Sequence[Any], variables: Sequence[Any]) -> None:
-        """Sets ``S`` of every variable of this call that has none yet, and ``M`` at the first step.
+    def _update_variable_for_update(self, variable: Any, grad: Any, learning_rate: Any, gate: Any) -> None:
+        # tf.distribute's extended.update passes the variable first.
+        self._update_variable(grad, variable, learning_rate, gate)
+
+    def _initialize_scales(self, grads: Sequence[Any], variables: Sequence[Any]) -> list[tuple[Any, Any]]:
+        """Initializes every variable of this call whose gradient is its first informative one.
+
+        A variable initializes (``init_now``) when its flag is false and its gradient is
+        informative (:func:`sai_core.is_informative`: finite and, under ``zero_gradient="defer"``,
+        not all zero); it then gets its scale ``S`` and its flag becomes ``flag | init_now``. ``M``
+        is set at the first call where any variable initializes (the largest g-SNR among those)
+        and frozen after. A zero-size variable never initializes.
 
         Branch-free on values: an outer ``keras.ops.cond`` is taken only while some variable of
-        the call lacks its scale (so an initialized model pays a few scalar ops per step), and
-        inside it one ``cond`` per variable evaluates the g-SNR only for a variable at its first
-        gradient. ``M`` is the largest g-SNR of the first step over every variable of the call.
+        the call is uninitialized (so an initialized model pays a few scalar ops per step), and
+        inside it nested ``cond`` calls evaluate ``is_informative`` only for an uninitialized
+        variable and the g-SNR only for one whose gradient is informative.
+
+        Returns:
+            Per variable of the call, its gates for this step as 0-d bools: ``active`` (the
+            variable is initialized after this call: it is updated) and ``first`` (it initialized
+            in this call: its buffer starts from the gradient).
         """
         indices = [self._get_variable_index(v) for v in variables]
-        present = {i: _read(self.initialized[i]) for i in indices}
-        flags = [present[i] for i in indices]
+        flags = [_read(self.initialized[i]) for i in indices]
         scales = [_read(self.scales[i]) for i in indices]
         max_gsnr = _read(self.max_gsnr)
-        any_new = ops.logical_not(functools.reduce(ops.logical_and, flags))
-        # M is frozen at the first step; flags of variables absent from this call count too.
-        every_flag = [present[i] if i in present else _read(f) for i, f in enumerate(self.initialized)]
+        call_flags = dict(zip(indices, flags))
+        # M is frozen once any variable is initialized (flags and M are set together), counting
+        # the flags of variables absent from this call.
+        every_flag = [call_flags[i] if i in call_flags else _read(f) for i, f in enumerate(self.initialized)]
         max_is_set = functools.reduce(ops.logical_or, every_flag)
+        any_new = ops.logical_not(functools.reduce(ops.logical_and, flags))
+        never = ops.zeros((), dtype="bool")
 
-        def gsnr_if_new(flag: Any, grad: Any) -> Any:
+        def probe(flag: Any, grad: Any, variable: Any) -> tuple[Any, Any]:
+            """``(init_now, G)``; ``G`` is 0 (discarded) unless the variable initializes now."""
             dtype = compute_dtype(grad, xp=xp)
+            zero = ops.zeros((), dtype=dtype)
+            if math.prod(tuple(variable.shape)) == 0:
+                return never, zero  # static: a zero-size variable never initializes
 
-            def first_gradient() -> Any:
+            def first_gradient() -> tuple[Any, Any]:
                 g = self._direction_sign(ops.cast(grad, dtype))
-                return raw_gsnr(g, eps=self.epsilon, config=self.sai_config, xp=xp)
+                informative = is_informative(g, config=self.sai_config, xp=xp)
+                gsnr = ops.cond(
+                    informative, lambda: raw_gsnr(g, eps=self.epsilon, config=self.sai_config, xp=xp), lambda: zero
+                )
+                return informative, gsnr
 
-            # An initialized variable's value is discarded below; 0 never exceeds a g-SNR (>= 0).
-            return ops.cond(flag, lambda: ops.zeros((), dtype=dtype), first_gradient)
+            return ops.cond(flag, lambda: (never, zero), first_gradient)
 
-        def initialize() -> tuple[list[Any], Any]:
-            gsnrs = [gsnr_if_new(flag, grad) for flag, grad in zip(flags, grads)]
-            largest = None  # folded as the reference folds it
-            for value in gsnrs:
+        def initialize() -> tuple[list[Any], list[Any], list[Any], Any]:
+            probes = [probe(flag, grad, v) for flag, grad, v in zip(flags, grads, variables)]
+            # The largest G over the variables initializing now, folded as the reference folds
+            # it (in order, starting from the first of them).
+            largest, found = ops.cast(max_gsnr, self.max_gsnr.dtype), never
+            for init_now, value in probes:
                 value = ops.cast(value, self.max_gsnr.dtype)
-                largest = value if largest is None else ops.where(value > largest, value, largest)
-            new_max = ops.where(max_is_set, max_gsnr, largest)
-            new_scales = []
-            for flag, scale, value in zip(flags, scales, gsnrs):
+                take = ops.logical_and(init_now, ops.logical_or(ops.logical_not(found), value > largest))
+                largest = ops.where(take, value, largest)
+                found = ops.logical_or(found, init_now)
+            new_max = ops.where(ops.logical_or(max_is_set, ops.logical_not(found)), max_gsnr, largest)
+            new_scales, new_flags, firsts = [], [], []
+            for flag, scale, (init_now, value) in zip(flags, scales, probes):
                 fresh = scale_from_gsnr(value, ops.cast(new_max, value.dtype), config=self.sai_config, xp=xp)
-                new_scales.append(ops.where(flag, scale, ops.cast(fresh, scale.dtype)))
-            return new_scales, new_max
+                new_scales.append(ops.where(init_now, ops.cast(fresh, scale.dtype), scale))
+                new_flags.append(ops.logical_or(flag, init_now))
+                firsts.append(init_now)
+            return new_scales, new_flags, firsts, new_max
 
-        def keep() -> tuple[list[Any], Any]:
-            return list(scales), max_gsnr
+        def keep() -> tuple[list[Any], list[Any], list[Any], Any]:
+            return list(scales), list(flags), [never for _ in flags], max_gsnr
 
-        new_scales, new_max = ops.cond(any_new, initialize, keep)
-        for index, value in zip(indices, new_scales):
-            self.assign(self.scales[index], value)
+        new_scales, new_flags, firsts, new_max = ops.cond(any_new, initialize, keep)
+        # Assigned outside the conds: JAX's stateless tracing cannot assign inside a branch.
+        for index, scale, flag in zip(indices, new_scales, new_flags):
+            self.assign(self.scales[index], scale)
+            self.assign(self.initialized[index], flag)
         self.assign(self.max_gsnr, new_max)
+        return list(zip(new_flags, firsts))
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        """Updates one variable's momentum buffer and the variable (its scale is already set)."""
+        """One variable's whole step: initialization (as an ``apply`` of this variable alone), update.
+
+        ``apply`` does not call this: it initializes every variable of the call first (one ``M``
+        over all of them), then updates each with :meth:`_update_variable`.
+        """
+        (gate,) = self._initialize_scales([gradient], [variable])
+        self._update_variable(gradient, variable, learning_rate, gate)
+
+    def _update_variable(self, gradient: Any, variable: Any, learning_rate: Any, gate: tuple[Any, Any]) -> None:
+        """Updates one variable's momentum buffer and the variable, gated by ``(active, first)``.
+
+        An uninitialized variable (``active`` false) is left exactly as it was: no decay, buffer
+        and variable unchanged. Cost is the design constraint here (a steady step should cost what
+        SGD with momentum costs), so the gating is scalar wherever it can be:
+
+        * the learning rate is ``where(active, lr, 0)``, a scalar: with it the decay
+          ``lr * wd * theta`` and the update ``lr * S * m`` are exact zeros, and ``theta`` is
+          unchanged bit for bit (for finite ``theta``);
+        * the momentum coefficient is a scalar ``where`` on ``first`` (see :meth:`_step_momentum`);
+          the buffer of an uninitialized variable is exactly zero, so a zero gradient leaves it zero.
+
+        The one elementwise select is the gradient's, ``where(active, g, 0)``: a first gradient
+        with a NaN or inf element must not reach the buffer, and a scalar gate cannot stop it
+        there (``0 * nan`` is ``nan``). It is the only place a non-finite value can enter the
+        state, so it is the only full-tensor select. Under XLA (TensorFlow ``jit_compile``,
+        ``jax.jit``) it is fused into the buffer update's loop and costs no memory pass; in
+        TensorFlow graphs and torch it is one more elementwise kernel per variable. A per-variable
+        ``cond`` instead would be free in TensorFlow graphs but makes XLA copy the gradient (the
+        branch returns its operand; seen in the compiled HLO) and costs torch a host sync per
+        variable, so the select is the cheaper choice on every backend but one.
+        """
+        active, first = gate
         index = self._get_variable_index(variable)
         dtype = compute_dtype(variable, xp=xp)
         grad = self._direction_sign(ops.cast(gradient, dtype))
-        initialized = _read(self.initialized[index])
+        grad = ops.where(active, grad, ops.zeros((), dtype=dtype))
+        lr = ops.where(active, ops.cast(learning_rate, dtype), ops.zeros((), dtype=dtype))
         if self.momentum != 0:
             buffer = self.momentums[index]
             direction = update_momentum(
                 ops.cast(buffer, dtype),
                 grad,
-                momentum=self._step_momentum(initialized, dtype),
+                momentum=self._step_momentum(first, dtype),
                 first=False,
                 config=self.sai_config,
                 xp=xp,
@@ -342,17 +452,16 @@ class SGDSaI(keras.optimizers.Optimizer):
             variable,
             direction,
             _read(self.scales[index]),
-            lr=ops.cast(learning_rate, dtype),
+            lr=lr,
             weight_decay=(self.weight_decay or 0.0) if self._decays[index] else 0.0,
             xp=xp,
         )
         self.assign(variable, new_value)
-        self.assign(self.initialized[index], ops.ones((), dtype="bool"))
 
-    def _step_momentum(self, initialized: Any, dtype: str) -> Any:
+    def _step_momentum(self, first: Any, dtype: str) -> Any:
         """This step's ``mu`` in ``m <- mu m + (1 - mu) g``: the first gradient is a momentum change.
 
-        The buffer is exactly zero until the variable's first gradient, so ``mu = 0`` there gives
+        The buffer is exactly zero until the variable initializes, so ``mu = 0`` there gives
         ``m = g`` (``momentum_init="grad"``) and ``mu`` itself gives ``(1 - mu) g`` (``"zeros"``),
         bit for bit as :func:`sai_core.update_momentum`'s first-gradient branch. A scalar select
         instead of an elementwise one saves a full pass over the tensor at every step.
@@ -360,7 +469,7 @@ class SGDSaI(keras.optimizers.Optimizer):
         if self.sai_config.momentum_init == "zeros":
             return self.momentum
         momentum = ops.convert_to_tensor(self.momentum, dtype=dtype)
-        return ops.where(initialized, momentum, ops.zeros((), dtype=dtype))
+        return ops.where(first, ops.zeros((), dtype=dtype), momentum)
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments; every knob is written out, so a saved model keeps its math."""
