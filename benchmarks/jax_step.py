@@ -8,8 +8,9 @@ process and summarised by their medians:
 
 * ``sgd``:          ``optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=0.9))``
 * ``sai``:          ``sai_jax.sgd_sai(lr, momentum=0.9, weight_decay=wd)``, steady state
-* ``sai first``:    the same compiled ``sai`` step on a state whose count is reset to 0, so the
-                    ``lax.cond`` takes the g-SNR branch (statistics of every leaf, then ``M``)
+* ``sai first``:    the same compiled ``sai`` step on a state whose initialized flags are reset,
+                    so the ``lax.cond`` takes the initialization branch (informativeness checks
+                    and statistics of every leaf, then ``M``)
 * ``adamw``:        ``optax.adamw(lr, weight_decay=wd)``
 * ``stream``:       ``p <- p + c * g`` in place: the achievable in-place bandwidth on this machine
                     (2 reads + 1 write per element), the yardstick of the bandwidth fraction
@@ -115,13 +116,15 @@ class Row:
         return statistics.median(self.times)
 
 
-def _reset_count(state: Any) -> Any:
-    # The SaI state with count 0: the next update takes the statistics branch of the lax.cond.
-    return jax.tree.map(
-        lambda node: node._replace(count=jnp.zeros_like(node.count)) if isinstance(node, sai_jax.ScaleBySaIState) else node,
-        state,
-        is_leaf=lambda node: isinstance(node, sai_jax.ScaleBySaIState),
-    )
+def _reset_initialization(state: Any) -> Any:
+    # The SaI state with every leaf uninitialized (and count 0): the next update takes the
+    # initialization branch of the lax.cond, as the very first update does.
+    def reset(node: Any) -> Any:
+        if not isinstance(node, sai_jax.ScaleBySaIState):
+            return node
+        return node._replace(count=jnp.zeros_like(node.count), initialized=jax.tree.map(jnp.zeros_like, node.initialized))
+
+    return jax.tree.map(reset, state, is_leaf=lambda node: isinstance(node, sai_jax.ScaleBySaIState))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         Row("adamw", compiled_step(adamw), copy(params), adamw_state),
         Row("stream", jax.jit(stream, donate_argnums=(0, 1)), copy(params), ()),
     ]
-    # The first-step row shares the sai row's compiled function and buffers: the state's count
-    # is reset to 0 before each timed call, so the very same executable runs the g-SNR branch.
+    # The first-step row shares the sai row's compiled function and buffers: the state's flags
+    # are reset before each timed call, so the very same executable runs the g-SNR branch.
     first = Row("sai first", sai_step, None, None)
     del params
 
@@ -181,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     def one_round(timed: bool) -> None:
         for row in rows:
             row.run(grads, timed)
-        # First step: same buffers as the sai row, count reset to 0 (untimed), then timed.
-        first.params, first.state = sai_row.params, _reset_count(sai_row.state)
+        # First step: same buffers as the sai row, flags reset (untimed), then timed.
+        first.params, first.state = sai_row.params, _reset_initialization(sai_row.state)
         jax.block_until_ready(first.state)
         first.run(grads, timed)
         sai_row.params, sai_row.state = first.params, first.state

@@ -18,7 +18,9 @@ NUM_DEVICES = 8
 NUM_STEPS = 10
 SHAPES = {"bias": (24,), "embedding": (64, 24), "norm": (), "proj": (24, 12)}
 SHARDED = "embedding"  # rows split over the 8 devices; every other leaf replicated
-LEARNING_RATE, WEIGHT_DECAY = 0.05, 0.01
+# The default preset ("sgd-sai": S = G, about sqrt(n)) and its units: lr 5e-3 moves the 64x24
+# matrix by about 5e-3 * 39 per unit of momentum.
+LEARNING_RATE, WEIGHT_DECAY = 5e-3, 0.01
 
 
 def _inputs():
@@ -32,8 +34,8 @@ def _inputs():
         # Row-dependent offsets: each device's shard of the sharded matrix has statistics very
         # different from the whole tensor's, so a per-shard g-SNR would be caught.
         g[SHARDED] = g[SHARDED] + np.linspace(-3.0, 3.0, SHAPES[SHARDED][0])[:, None]
-        # A larger mean makes another leaf's g-SNR the maximum M, so the sharded matrix's scale
-        # is a proper ratio G / M (< 1) rather than 1 by definition.
+        # A larger mean makes another leaf's g-SNR the maximum M, so M is not the sharded
+        # matrix's own statistic.
         g["proj"] = g["proj"] + 2.0
         grads.append(g)
     return params, grads
@@ -124,9 +126,10 @@ def _run(kind: str, dtype_name: str) -> dict:
         "buffer_keeps_sharding": buffer_sharding.is_equivalent_to(shardings[SHARDED], 2),
         "max_gsnr": float(sharded_state.max_gsnr),
         "reference_max_gsnr": top,
-        "matrix_scale": float(sharded_state.scale[SHARDED]),
-        "whole_tensor_scale": raw[SHARDED] / top,
-        "per_shard_scales": [s / top for s in per_shard],
+        "matrix_is_the_max": raw[SHARDED] == top,
+        "matrix_scale": float(sharded_state.scale[SHARDED]),  # S = G under the default preset
+        "whole_tensor_scale": raw[SHARDED],
+        "per_shard_scales": per_shard,
     }
 
 

@@ -1,11 +1,12 @@
-"""sai_jax's transformations: state layout, argument checks, the first-step branch, agreement with
-the float64 reference (one group, parameter groups, masks, schedules) and unused parameters.
+"""sai_jax's transformations: state layout, argument checks, the initialization branch, agreement
+with the float64 reference (one group, parameter groups, masks, schedules) and unused parameters.
+Deferred initialization (NaN, inf and zero first gradients, overflow, zero-size leaves) is tested in
+tests/test_jax_initialization.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ jnp = jax.numpy
 
 import sai_jax  # noqa: E402
 from sai_conformance import load_cases  # noqa: E402
-from sai_core import ReferenceSGDSaI, gsnr  # noqa: E402
+from sai_core import KNOB_VALUES, ReferenceSGDSaI, gsnr  # noqa: E402
 
 # float64 against the float64 reference: both compute the same formulas, XLA and NumPy sum in
 # different orders, which moves a reduction over <= 360 elements by ~n * 2**-53 = 4e-14; 1e-12
@@ -89,13 +90,15 @@ def test_per_leaf_momentum_drops_only_the_zero_leaves_buffer():
     assert state.momentum_buffer["a"] is None
 
 
-def test_state_bytes_are_parameter_bytes_plus_a_scalar_per_leaf():
+def test_state_bytes_are_parameter_bytes_plus_a_scalar_and_a_flag_per_leaf():
     params = _tree(SHAPES, 0, jnp.float32)
     state = sai_jax.sgd_sai(0.1).init(params)
     param_bytes = sum(p.nbytes for p in jax.tree.leaves(params))
     state_bytes = sum(s.nbytes for s in jax.tree.leaves(state))
-    # momentum (= params) + one float32 scale per leaf + count and M (8 bytes in all)
-    assert state_bytes == param_bytes + 4 * len(SHAPES) + 8
+    # momentum (= params) + one float32 scale and one bool flag per leaf + count and M (8 bytes)
+    assert state_bytes == param_bytes + (4 + 1) * len(SHAPES) + 8
+    assert {(f.shape, f.dtype) for f in jax.tree.leaves(state[0].initialized)} == {((), jnp.dtype(bool))}
+    assert not any(bool(f) for f in jax.tree.leaves(state[0].initialized))
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -146,10 +149,10 @@ BAD_ARGUMENTS = [
     BadArgument("momentum None", lambda: sai_jax.scale_by_sai(momentum=None), ValueError, "Invalid momentum: None"),
     BadArgument("empty groups", lambda: sai_jax.sgd_sai_groups({}, []), ValueError, "Invalid groups: {}"),
     BadArgument(
-        "group without learning rate",
-        lambda: sai_jax.sgd_sai_groups({"a": {"momentum": 0.5}}, ["a"]),
+        "group with a negative learning rate",
+        lambda: sai_jax.sgd_sai_groups({"a": {"learning_rate": -0.5}}, ["a"]),
         ValueError,
-        "Invalid groups['a']: no 'learning_rate'",
+        "groups['a']: Invalid learning_rate: -0.5",
     ),
     BadArgument(
         "group with an unknown key",
@@ -173,6 +176,67 @@ def test_invalid_arguments_raise_naming_argument_and_value(case):
     assert case.message in str(info.value)
 
 
+def test_defaults_come_from_sai_core_and_groups_share_them():
+    # One place: sai_core.DEFAULT_HYPERPARAMETERS / DEFAULT_PRESET; sgd_sai() needs no argument.
+    import inspect
+
+    from sai_core import DEFAULT_HYPERPARAMETERS, DEFAULT_PRESET
+
+    names = {"learning_rate": "lr", "momentum": "momentum", "weight_decay": "weight_decay", "eps": "eps"}
+    for factory in (sai_jax.sgd_sai, sai_jax.scale_by_sai):
+        signature = inspect.signature(factory).parameters
+        for name, key in names.items():
+            if name in signature:
+                assert signature[name].default == DEFAULT_HYPERPARAMETERS[key], (factory, name)
+        assert signature["preset"].default == DEFAULT_PRESET == "sgd-sai"
+        assert signature["maximize"].default is DEFAULT_HYPERPARAMETERS["maximize"]
+    assert inspect.signature(sai_jax.sgd_sai_groups).parameters["preset"].default == DEFAULT_PRESET
+    params = _tree({"w": (8, 16), "b": (7,)}, 0, jnp.float32)
+    grads = [_tree({"w": (8, 16), "b": (7,)}, seed, jnp.float32, offset=0.2) for seed in (1, 2, 3)]
+    explicit = sai_jax.sgd_sai(1e-3, momentum=0.9, weight_decay=1e-2, eps=1e-8, preset="sgd-sai")
+    results = []
+    for opt in (sai_jax.sgd_sai(), explicit, sai_jax.sgd_sai_groups({"all": {}}, {"w": "all", "b": "all"})):
+        p, state = params, opt.init(params)
+        for g in grads:
+            updates, state = opt.update(g, state, p)
+            p = optax.apply_updates(p, updates)
+        results.append(p)
+    for other in results[1:]:
+        assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), results[0], other))
+    assert not jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), results[0], params))
+
+
+@dataclasses.dataclass(frozen=True)
+class NonFloatLeaf:
+    desc: str
+    params: dict
+    grads: dict | None  # None: init raises (a parameter); else update raises (a gradient)
+    message: str
+
+
+NON_FLOAT_LEAVES = [
+    NonFloatLeaf("integer parameter", {"w": jnp.ones(3), "step": jnp.zeros((), jnp.int32)}, None,
+                 "Invalid parameter at ['step']: dtype int32"),
+    NonFloatLeaf("bool parameter", {"w": jnp.ones(3), "mask": jnp.ones(3, bool)}, None,
+                 "Invalid parameter at ['mask']: dtype bool"),
+    NonFloatLeaf("complex parameter", {"z": jnp.ones(3, jnp.complex64)}, None, "Invalid parameter at ['z']: dtype complex64"),
+    NonFloatLeaf("float0 gradient (jax.grad of an integer input)", {"w": jnp.ones(3)},
+                 {"w": np.zeros(3, jax.dtypes.float0)}, "Invalid gradient at ['w']: dtype [('float0', 'V')]"),
+    NonFloatLeaf("integer gradient", {"w": jnp.ones(3)}, {"w": jnp.ones(3, jnp.int32)}, "Invalid gradient at ['w']: dtype int32"),
+]
+
+
+@pytest.mark.parametrize("case", NON_FLOAT_LEAVES, ids=[c.desc for c in NON_FLOAT_LEAVES])
+def test_a_leaf_that_is_not_real_floating_point_raises_naming_it(case):
+    # SPEC step 0: checked before anything changes (dtypes are static: no cost under jit).
+    opt = sai_jax.sgd_sai()
+    with pytest.raises(ValueError) as info:
+        state = opt.init(case.params)
+        opt.update(case.grads, state, case.params)
+    assert case.message in str(info.value)
+    assert "real floating-point" in str(info.value)
+
+
 def test_unknown_group_label_raises_at_init():
     opt = sai_jax.sgd_sai_groups({"a": {"learning_rate": 0.1}}, {"x": "a", "y": "b"})
     with pytest.raises(ValueError, match="label 'b' has no group"):
@@ -194,15 +258,16 @@ def test_update_with_a_momentum_the_state_was_not_built_for_raises():
 # --------------------------------------------------------------------------- the first-step branch
 
 
-def _primitives(jaxpr: Any, where: tuple[str, ...] = ()) -> list[tuple[str, tuple[str, ...]]]:
-    """Every primitive of a jaxpr with the cond branches it sits in (nested jaxprs included)."""
+def _primitives(jaxpr: Any, where: tuple[str, ...] = ()) -> list[tuple[str, tuple[str, ...], Any]]:
+    """Every primitive of a jaxpr with the cond branches it sits in (nested jaxprs included) and
+    its first operand's abstract value."""
     found = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "cond":
             for index, branch in enumerate(eqn.params["branches"]):
                 found += _primitives(branch.jaxpr, where + (f"cond branch {index}",))
             continue
-        found.append((eqn.primitive.name, where))
+        found.append((eqn.primitive.name, where, eqn.invars[0].aval if eqn.invars else None))
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else (value,):
                 inner = getattr(sub, "jaxpr", sub)
@@ -211,24 +276,36 @@ def _primitives(jaxpr: Any, where: tuple[str, ...] = ()) -> list[tuple[str, tupl
     return found
 
 
-@pytest.mark.parametrize("preset", ["paper", "pytorch-optimizer-4"])
-def test_statistics_are_computed_only_inside_the_first_step_branch(preset):
-    # lax.cond(pred, true, false) stores its branches as (false, true): branch 1 runs when
-    # count == 0. Every reduction (the g-SNR's sums, max and min, and M) must sit there, so that
-    # the compiled steady-state step contains no statistics at all.
+@pytest.mark.parametrize("preset", ["sgd-sai", "paper", "pytorch-optimizer-4"])
+def test_statistics_are_computed_only_inside_the_initialization_branch(preset):
+    # lax.cond(pred, true, false) stores its branches as (false, true): branch 1 runs while some
+    # leaf is uninitialized. Every reduction over a gradient (the informativeness checks, the
+    # g-SNR's sums, max and min, and M) must sit there, so that the compiled steady-state step
+    # contains no statistics at all (tests/test_jax_initialization.py checks that it does not
+    # execute them). Outside, the only reduction is the predicate: all() over the leaves' flags.
+    # Inside, each leaf has a cond on its own flag (branch 0: the leaf waits), and its g-SNR sits
+    # in a further cond on its informativeness (branch 1), so a waiting leaf costs only its check.
     params = _tree(SHAPES, 0, jnp.float32)
     opt = sai_jax.sgd_sai(0.1, preset=preset)
     state = opt.init(params)
     jaxpr = jax.make_jaxpr(lambda g, s, p: opt.update(g, s, p))(params, state, params)
-    reductions = [(name, where) for name, where in _primitives(jaxpr.jaxpr) if name.startswith("reduce_")]
-    assert reductions, "no statistics found at all"
-    assert {where for _, where in reductions} == {("cond branch 1",)}
-    assert {name for name, _ in reductions} >= {"reduce_sum", "reduce_max"}
+    reductions = [(name, where, aval) for name, where, aval in _primitives(jaxpr.jaxpr) if name.startswith("reduce_")]
+    inside = [(name, where, aval) for name, where, aval in reductions if where[:1] == ("cond branch 1",)]
+    outside = [(name, where, aval) for name, where, aval in reductions if where[:1] != ("cond branch 1",)]
+    assert {name for name, _, _ in inside} >= {"reduce_sum", "reduce_max", "reduce_min"}
+    assert any(aval.shape == (8, 16) for _, _, aval in inside)  # the kernel's own statistics
+    statistics = ("cond branch 1", "cond branch 0", "cond branch 1")
+    sums_over_kernel = [where for name, where, aval in inside if name == "reduce_sum" and aval.shape == (8, 16)]
+    assert sums_over_kernel and all(where[:3] == statistics for where in sums_over_kernel)
+    assert [(name, where, aval.shape, aval.dtype) for name, where, aval in outside] == [
+        ("reduce_and", (), (len(SHAPES),), jnp.dtype(bool))
+    ]
 
 
-def test_scales_and_max_are_frozen_after_the_first_update():
+@pytest.mark.parametrize("preset", ["sgd-sai", "paper"])
+def test_scales_and_max_are_frozen_after_the_first_update(preset):
     params = _tree(SHAPES, 0, jnp.float32)
-    opt = sai_jax.sgd_sai(0.1)
+    opt = sai_jax.sgd_sai(0.1, preset=preset)
     state = opt.init(params)
     first = _tree(SHAPES, 1, jnp.float32, offset=0.5)
     _, state = opt.update(first, state, params)
@@ -242,8 +319,10 @@ def test_scales_and_max_are_frozen_after_the_first_update():
     assert jax.tree.map(float, now.scale) == jax.tree.map(float, frozen.scale)
     expected = {k: float(gsnr(np.asarray(g, np.float64))) for k, g in first.items()}
     top = max(expected.values())
+    assert float(now.max_gsnr) == pytest.approx(top, rel=4e-6)  # recorded under every preset
+    divisor = top if preset == "paper" else 1.0  # "sgd-sai": S = G, "paper": S = G / M
     for k, s in now.scale.items():
-        assert float(s) == pytest.approx(expected[k] / top, rel=4e-6)  # float32 statistics
+        assert float(s) == pytest.approx(expected[k] / divisor, rel=4e-6)  # float32 statistics
 
 
 # --------------------------------------------------------------------------- against the reference
@@ -257,15 +336,19 @@ class ReferenceCase:
 
 
 REFERENCE_CASES = [
-    ReferenceCase("paper defaults", {"momentum": 0.9, "weight_decay": 1e-2}),
+    ReferenceCase("defaults (preset sgd-sai)", {}, lrs=(1e-3,) * 5),
+    ReferenceCase("preset paper", {"preset": "paper", "momentum": 0.9, "weight_decay": 1e-3}),
     ReferenceCase("momentum 0, maximize", {"momentum": 0.0, "weight_decay": 0.1, "maximize": True}),
     ReferenceCase("momentum 0.99, eps 1e-3", {"momentum": 0.99, "weight_decay": 0.0, "eps": 1e-3}),
     ReferenceCase("schedule with a zero-lr step", {"momentum": 0.9}, lrs=(0.05, 0.0, 0.02, 0.1, 0.01)),
     *[
-        ReferenceCase(f"preset {name}", {"preset": name})
+        ReferenceCase(f"preset {name}", {"preset": name}, lrs=(1e-3,) * 5)
         for name in ("sgd-sai-1.0.3", "sgd-sai-1.0.4", "sgd-sai-1.1.0", "pytorch-optimizer-4")
     ],
-    ReferenceCase("knob overrides", {"std_correction": 0, "momentum_init": "zeros", "vector_rule": "norm"}),
+    ReferenceCase(
+        "knob overrides",
+        {"std_correction": 0, "momentum_init": "zeros", "vector_rule": "norm", "zero_gradient": "degenerate"},
+    ),
 ]
 
 
@@ -279,7 +362,7 @@ def test_sgd_sai_matches_the_reference_in_float64(case):
         opt = sai_jax.sgd_sai(lr, **case.kwargs)
         state = opt.init(params)
         step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*opt.update(g, s, p)))
-        knobs = {k: v for k, v in case.kwargs.items() if k in ("preset", "std_correction", "momentum_init", "vector_rule")}
+        knobs = {k: v for k, v in case.kwargs.items() if k == "preset" or k in KNOB_VALUES}
         hyper = {k: v for k, v in case.kwargs.items() if k not in knobs}
         reference = ReferenceSGDSaI(jax.tree.leaves(params), lr=case.lrs[0], **hyper, **knobs)
         for g, lr_now in zip(grads, case.lrs):
@@ -300,10 +383,11 @@ def test_sgd_sai_matches_the_reference_in_float64(case):
                 np.testing.assert_allclose(got, want, rtol=RTOL64, atol=1e-300)
 
 
-def test_groups_reproduce_the_reference_two_group_golden_case():
+@pytest.mark.parametrize("name", ["two_groups-sgd-sai-float64", "two_groups-paper-float64"])
+def test_groups_reproduce_the_reference_two_group_golden_case(name):
     # The reference's two-group case, expressed the JAX way: a dict of named parameters and a
     # label function; the groups differ in lr, momentum (0: no buffer), weight decay and eps.
-    (case,) = [c for c in load_cases() if c.name == "two_groups-paper-float64"]
+    (case,) = [c for c in load_cases() if c.name == name]
     names = ["a_matrix", "b_vector", "c_column", "d_row"]  # sorted, so leaf order = block order
     group_of = {names[block]: f"group{index}" for index, g in enumerate(case.groups) for block in g.params}
     groups = {
@@ -318,7 +402,7 @@ def test_groups_reproduce_the_reference_two_group_golden_case():
     }
     assert all(case.hyper_at(step) == case.hyper_at(0) for step in range(case.num_steps))
     with jax.enable_x64(True):
-        opt = sai_jax.sgd_sai_groups(groups, lambda tree: {k: group_of[k] for k in tree})
+        opt = sai_jax.sgd_sai_groups(groups, lambda tree: {k: group_of[k] for k in tree}, preset=case.preset)
         params = dict(zip(names, map(jnp.asarray, case.initial_params)))
         state = opt.init(params)
         for step, expected in enumerate(case.expected):
@@ -374,7 +458,7 @@ def test_groups_share_one_normaliser_unlike_separate_partitioned_optimizers():
     params = _tree({"big": (8, 16), "small": (7,)}, 0, jnp.float32)
     grads = _tree({"big": (8, 16), "small": (7,)}, 1, jnp.float32, offset=0.5)
     labels = {"big": "a", "small": "b"}
-    grouped = sai_jax.sgd_sai_groups({"a": {"learning_rate": 0.1}, "b": {"learning_rate": 0.1}}, labels)
+    grouped = sai_jax.sgd_sai_groups({"a": {"learning_rate": 0.1}, "b": {"learning_rate": 0.1}}, labels, preset="paper")
     _, state = grouped.update(grads, grouped.init(params), params)
     raw = {k: float(gsnr(np.asarray(g, np.float64))) for k, g in grads.items()}
     scales = _sai_state(state).scale
@@ -382,7 +466,9 @@ def test_groups_share_one_normaliser_unlike_separate_partitioned_optimizers():
     assert float(scales["small"]) == pytest.approx(raw["small"] / max(raw.values()), rel=4e-6)
     # optax.partition over two sgd_sai instances normalises each group by its own maximum: both
     # scales become 1. This is what sgd_sai_groups exists to avoid.
-    separate = optax.partition({"a": sai_jax.sgd_sai(0.1), "b": sai_jax.sgd_sai(0.1)}, labels)
+    separate = optax.partition(
+        {"a": sai_jax.sgd_sai(0.1, preset="paper"), "b": sai_jax.sgd_sai(0.1, preset="paper")}, labels
+    )
     _, separate_state = separate.update(grads, separate.init(params), params)
     sai_states = [s for s in jax.tree.leaves(separate_state, is_leaf=_is_sai) if _is_sai(s)]
     separate_scales = [float(scale) for sai in sai_states for scale in jax.tree.leaves(sai.scale)]
@@ -407,25 +493,32 @@ def test_weight_decay_mask_skips_masked_leaves():
 # --------------------------------------------------------------------------- unused parameters
 
 
-@pytest.mark.parametrize(
-    "preset, expected_scale",
-    [
-        # A zero first gradient is degenerate: G = sqrt(n) under the paper preset (never 0).
-        ("paper", lambda n, top: math.sqrt(n) / top),
-        # The authors' release gives ||g|| / eps = 0: such a tensor never trains (as in the port).
-        ("sgd-sai-1.0.3", lambda n, top: 0.0),
-    ],
-)
-def test_an_unused_parameter_gets_zero_gradients_and_only_decays(preset, expected_scale):
-    # JAX has no absent gradient: a parameter the loss does not use gets exact zeros. Its scale
-    # is fixed from that zero gradient at step 1, its momentum stays 0, and only the weight
-    # decay moves it: theta_t = theta_0 (1 - lr wd)^t.
+@dataclasses.dataclass(frozen=True)
+class UnusedCase:
+    desc: str
+    preset: str
+    initializes: bool  # whether the all-zero gradient initializes the leaf
+
+
+UNUSED_CASES = [
+    # zero_gradient="defer": an all-zero gradient is not informative; the leaf waits, untouched.
+    UnusedCase("sgd-sai waits untouched", "sgd-sai", False),
+    UnusedCase("paper waits untouched", "paper", False),
+    # The authors' release (zero_gradient="degenerate"): ||g|| / eps = 0, a scale of 0 forever,
+    # and only the weight decay moves the tensor, as in the port.
+    UnusedCase("sgd-sai-1.0.3 freezes the scale at 0 and decays", "sgd-sai-1.0.3", True),
+]
+
+
+@pytest.mark.parametrize("case", UNUSED_CASES, ids=[c.desc for c in UNUSED_CASES])
+def test_an_unused_parameter_gets_zero_gradients(case):
+    # JAX has no absent gradient: a parameter the loss does not use gets exact zeros.
     params = {"used": jnp.asarray(np.linspace(-1.0, 2.0, 12).reshape(3, 4), jnp.float32), "unused": jnp.ones(9, jnp.float32)}
 
     def loss(p):
         return jnp.sum((p["used"] - 0.5) ** 2)
 
-    opt = sai_jax.sgd_sai(0.1, weight_decay=0.2, preset=preset)
+    opt = sai_jax.sgd_sai(0.01, weight_decay=0.2, preset=case.preset)
     state = opt.init(params)
     first_grad = jax.grad(loss)(params)
     for _ in range(3):
@@ -434,11 +527,26 @@ def test_an_unused_parameter_gets_zero_gradients_and_only_decays(preset, expecte
         updates, state = opt.update(grads, state, params)
         params = optax.apply_updates(params, updates)
     sai = _sai_state(state)
-    np.testing.assert_allclose(params["unused"], np.full(9, (1 - 0.1 * 0.2) ** 3), rtol=1e-6)
     assert not jnp.any(sai.momentum_buffer["unused"])
-    top = float(gsnr(np.asarray(first_grad["used"], np.float64), preset=preset))
-    top = max(top, 3.0) if preset == "paper" else top
-    assert float(sai.scale["unused"]) == pytest.approx(expected_scale(9, top), rel=4e-6)
+    assert bool(sai.initialized["used"]) and bool(sai.initialized["unused"]) == case.initializes
+    # M is the used leaf's G (the only one initialized at step 1, or a larger one than 0).
+    top = float(gsnr(np.asarray(first_grad["used"], np.float64), preset=case.preset))
+    assert float(sai.max_gsnr) == pytest.approx(top, rel=4e-6)
+    if case.initializes:
+        np.testing.assert_allclose(params["unused"], np.full(9, (1 - 0.01 * 0.2) ** 3), rtol=1e-6)
+        assert float(sai.scale["unused"]) == 0.0
+    else:
+        np.testing.assert_array_equal(params["unused"], np.ones(9, np.float32))
+        assert float(sai.scale["unused"]) == 0.0  # unset
+        # The first nonzero gradient initializes it, with the frozen M under "paper".
+        late = {"used": jnp.zeros((3, 4), jnp.float32), "unused": jnp.asarray(np.linspace(0.5, 2.5, 9), jnp.float32)}
+        _, state = opt.update(late, state, params)
+        sai = _sai_state(state)
+        assert bool(sai.initialized["unused"])
+        expected = float(gsnr(np.asarray(late["unused"], np.float64), preset=case.preset))
+        divisor = top if case.preset == "paper" else 1.0
+        assert float(sai.scale["unused"]) == pytest.approx(expected / divisor, rel=4e-6)
+        assert float(sai.max_gsnr) == pytest.approx(top, rel=4e-6)
 
 
 def test_values_returned_by_a_per_leaf_callable_are_checked_at_init():

@@ -1,9 +1,13 @@
 """sai_jax: SGD-SaI as optax gradient transformations.
 
-``sgd_sai(learning_rate)`` is the optimizer; ``scale_by_sai`` is its building block (the direction
-``S * m``); ``sgd_sai_groups`` expresses parameter groups with different hyperparameters that share
-one g-SNR normaliser. All are pure ``init``/``update`` pairs that jit, shard and checkpoint like any
-optax optimizer. See ``docs/jax.md``.
+``sgd_sai()`` is the optimizer (defaults: learning rate 1e-3, momentum 0.9, weight decay 1e-2,
+preset ``"sgd-sai"``, the authors' unnormalised algorithm; under ``"paper"`` the same run needs
+the learning rate times ``M`` and the weight decay divided by ``M``); ``scale_by_sai`` is its
+building block (the direction ``S * m``); ``sgd_sai_groups`` expresses parameter groups with
+different hyperparameters that share one g-SNR normaliser. A leaf initializes at its first
+informative (finite, nonzero) gradient and is untouched until then. All are pure
+``init``/``update`` pairs that jit, shard and checkpoint like any optax optimizer. See
+``docs/jax.md``.
 """
 
 from ._alias import GROUP_KEYS

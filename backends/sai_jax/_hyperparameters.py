@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sai_core import validate_hyperparameters
@@ -26,6 +27,7 @@ __all__ = [
     "check_learning_rate",
     "check_maximize",
     "check_numeric",
+    "check_real_floating",
     "is_static_number",
     "leaf_values",
     "unpack_knob_overrides",
@@ -101,6 +103,27 @@ def check_maximize(value: Any) -> None:
         validate_hyperparameters(maximize=leaf)
 
 
+def check_real_floating(kind: str, tree: Any) -> None:
+    """Checks that every leaf of ``tree`` (parameters or gradients) is a real floating-point array.
+
+    SPEC.md step 0: integer, bool, complex and ``float0`` leaves (what ``jax.grad`` gives an
+    integer input) have no g-SNR; they raise before anything changes. Dtypes are static, so this
+    costs nothing under ``jit``.
+
+    Raises:
+        ValueError: naming ``kind``, the leaf's path and its dtype.
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            where = jax.tree_util.keystr(path) or "the root"
+            raise ValueError(
+                f"Invalid {kind} at {where}: dtype {dtype if dtype is not None else type(leaf).__name__} "
+                "(SGD-SaI needs real floating-point arrays; keep integer, bool, complex and float0 "
+                "leaves out of the optimizer, e.g. with optax.partition)"
+            )
+
+
 def leaf_values(name: str, value: Any, tree: Any, treedef: Any) -> list[Any]:
     """One value of hyperparameter ``name`` per leaf of ``tree`` (whose structure is ``treedef``).
 
@@ -120,7 +143,6 @@ def leaf_values(name: str, value: Any, tree: Any, treedef: Any) -> list[Any]:
             f"Invalid {name}: a tree whose structure {jax.tree.structure(value)} is not a prefix of the "
             f"parameters' structure {treedef}"
         ) from error
-
 
 
 def unpack_knob_overrides(knob_overrides: dict[str, Any]) -> dict[str, Any]:

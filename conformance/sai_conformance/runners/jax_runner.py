@@ -26,7 +26,8 @@ REQUIRES = ("jax", "optax")
 
 _NOT_APPLICABLE_ABSENT = (
     "needs an absent gradient: a JAX pytree gives every leaf a gradient at every step (an unused "
-    "parameter gets zeros, which initialise its scale at step 1; docs/jax.md)"
+    "parameter gets zeros, which leave it uninitialized and untouched under the default "
+    "zero_gradient=\"defer\"; docs/jax.md)"
 )
 
 
@@ -128,34 +129,50 @@ class JaxRunner:
 
         from sai_jax import ScaleBySaIState
 
-        initialised = start.max_gsnr is not None
-        if initialised != (start.step > 0):
-            raise RuntimeError(f"snapshot at step {start.step} has max_gsnr={start.max_gsnr}: not expressible")
+        # A block is initialized exactly when the reference holds its scale; M is set exactly
+        # when some block is initialized (the state derives "M unset" from the flags).
+        flags = [scale is not None for scale in start.scale]
+        if (start.max_gsnr is not None) != any(flags):
+            raise RuntimeError(
+                f"snapshot at step {start.step} has max_gsnr={start.max_gsnr} with initialized blocks "
+                f"{[i for i, flag in enumerate(flags) if flag]}: not expressible"
+            )
 
         def replace(node: Any) -> Any:
             if not isinstance(node, ScaleBySaIState):
                 return node
-            if not initialised:
-                return node
             treedef = jax.tree.structure(node.scale)
             scale = treedef.unflatten(
-                [jnp.asarray(s, old.dtype) for s, old in zip(start.scale, treedef.flatten_up_to(node.scale))]
+                [
+                    jnp.zeros_like(old) if s is None else jnp.asarray(s, old.dtype)
+                    for s, old in zip(start.scale, treedef.flatten_up_to(node.scale))
+                ]
             )
+            initialized = treedef.unflatten([jnp.asarray(flag) for flag in flags])
             buffers = node.momentum_buffer
             if buffers is not None:
                 old = treedef.flatten_up_to(buffers)
                 new = []
-                for block, (saved, current) in enumerate(zip(start.momentum_buffer, old)):
-                    if (saved is None) != (current is None):
-                        raise RuntimeError(f"block {block}: snapshot and state disagree on having a buffer")
-                    new.append(None if saved is None else jnp.asarray(saved, current.dtype))
+                for block, (saved, current, flag) in enumerate(zip(start.momentum_buffer, old, flags)):
+                    if saved is not None and current is None:
+                        raise RuntimeError(f"block {block}: the snapshot has a buffer, the state keeps none")
+                    if saved is None and current is not None and flag:
+                        raise RuntimeError(f"block {block}: initialized without a buffer, the state keeps one")
+                    if current is None:
+                        new.append(None)
+                    elif saved is None:  # uninitialized: no buffer in the reference, zeros in the state
+                        new.append(jnp.zeros_like(current))
+                    else:
+                        new.append(jnp.asarray(saved, current.dtype))
                 buffers = treedef.unflatten(new)
             elif any(b is not None for b in start.momentum_buffer):
                 raise RuntimeError("snapshot has momentum buffers, the state keeps none")
+            max_gsnr = 0.0 if start.max_gsnr is None else start.max_gsnr
             return ScaleBySaIState(
                 count=jnp.asarray(start.step, jnp.int32),
-                max_gsnr=jnp.asarray(start.max_gsnr, node.max_gsnr.dtype),
+                max_gsnr=jnp.asarray(max_gsnr, node.max_gsnr.dtype),
                 scale=scale,
+                initialized=initialized,
                 momentum_buffer=buffers,
             )
 
@@ -171,16 +188,20 @@ class JaxRunner:
         is_sai = lambda node: isinstance(node, ScaleBySaIState)  # noqa: E731
         (sai,) = [node for node in jax.tree.leaves(state, is_leaf=is_sai) if is_sai(node)]
         treedef = jax.tree.structure(sai.scale)
-        count = int(sai.count)
+        flags = [bool(flag) for flag in treedef.flatten_up_to(sai.initialized)]
         if sai.momentum_buffer is None:
             buffers = [None] * len(params)
         else:
             buffers = treedef.flatten_up_to(sai.momentum_buffer)
+        # Read from the flags, not from count: a block initializes at its first informative
+        # gradient, and M is unset until some block has.
         return Snapshot(
             params=[np.asarray(p).astype(np.float64) for p in params],
-            momentum_buffer=[None if b is None else np.asarray(b).astype(np.float64) for b in buffers],
-            scale=[float(s) if count > 0 else None for s in treedef.flatten_up_to(sai.scale)],
-            max_gsnr=float(sai.max_gsnr) if count > 0 else None,
+            momentum_buffer=[
+                None if b is None or not flag else np.asarray(b).astype(np.float64) for b, flag in zip(buffers, flags)
+            ],
+            scale=[float(s) if flag else None for s, flag in zip(treedef.flatten_up_to(sai.scale), flags)],
+            max_gsnr=float(sai.max_gsnr) if any(flags) else None,
             step=step,
         )
 
