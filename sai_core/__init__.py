@@ -25,7 +25,7 @@ from ._math import update_momentum
 from ._math import update_param
 from ._reference import ReferenceSGDSaI
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_HYPERPARAMETERS",
