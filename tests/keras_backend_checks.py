@@ -538,44 +538,17 @@ def _dtypes() -> list[str]:
 
 def _applier(optimizer, variables, mode: str) -> Callable[[list[Any]], None]:
     """``apply(grads)`` of ``optimizer`` on ``variables`` as ``mode`` runs it (``None``: no gradient)."""
-    import keras
+    from sai_conformance.runners.keras_runner import applier
 
     optimizer.build(variables)
-    if mode == "eager":
+    run = applier(optimizer, variables, mode)
 
-        def eager(grads):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Keras warns about every None gradient
-                optimizer.apply(grads, variables)
+    def apply(grads):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns about every None gradient
+            run(grads)
 
-        return eager
-    if mode in ("graph", "xla"):
-        import tensorflow as tf
-
-        function = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=(mode == "xla"))
-
-        def traced(grads):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                function(grads)
-
-        return traced
-    if mode == "jit":
-        import jax
-
-        stateless = jax.jit(optimizer.stateless_apply)
-
-        def jitted(grads):
-            new_values, new_state = stateless(
-                [v.value for v in optimizer.variables], grads, [v.value for v in variables]
-            )
-            for variable, value in zip(variables, new_values):
-                variable.assign(value)
-            for variable, value in zip(optimizer.variables, new_state):
-                variable.assign(value)
-
-        return jitted
-    raise ValueError(f"unknown apply mode {mode!r} on {keras.backend.backend()}")
+    return apply
 
 
 @dataclasses.dataclass

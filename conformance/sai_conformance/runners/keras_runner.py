@@ -156,32 +156,46 @@ def _load_state(optimizer: Any, start: Snapshot) -> None:
 
 
 def _eager_apply(optimizer: Any, variables: list[Any]) -> Callable[[list[Any]], None]:
-    def apply(grads: list[Any]) -> None:
-        optimizer.apply(grads, variables)
-
-    return apply
+    return applier(optimizer, variables, "eager")
 
 
 def _compiled_apply(optimizer: Any, variables: list[Any]) -> Callable[[list[Any]], None]:
-    # How each backend's trainer compiles its train step (keras/src/backend/*/trainer.py).
+    # How each backend's trainer compiles its train step (keras/src/backend/*/trainer.py); torch's
+    # fit runs eagerly by default.
     import keras
 
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
+    mode = {"tensorflow": "graph", "jax": "jit"}.get(keras.backend.backend(), "eager")
+    return applier(optimizer, variables, mode)
+
+
+def applier(optimizer: Any, variables: list[Any], mode: str) -> Callable[[list[Any]], None]:
+    """``apply(grads)`` of a built ``optimizer`` on ``variables``, run the way ``mode`` runs it.
+
+    Modes: ``"eager"``; ``"graph"`` and ``"xla"`` (TensorFlow: a ``tf.function`` without / with
+    ``jit_compile``); ``"jit"`` (JAX: ``jax.jit`` of ``stateless_apply``, the new values assigned
+    back, as the JAX trainer does).
+    """
+    if mode == "eager":
+
+        def eager(grads: list[Any]) -> None:
+            optimizer.apply(grads, variables)
+
+        return eager
+    if mode in ("graph", "xla"):
         import tensorflow as tf
 
-        function = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=False)
+        function = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=(mode == "xla"))
 
-        def apply(grads: list[Any]) -> None:
+        def traced(grads: list[Any]) -> None:
             function(grads)
 
-        return apply
-    if backend == "jax":
+        return traced
+    if mode == "jit":
         import jax
 
         stateless = jax.jit(optimizer.stateless_apply)
 
-        def apply(grads: list[Any]) -> None:
+        def jitted(grads: list[Any]) -> None:
             new_values, new_state = stateless(
                 [v.value for v in optimizer.variables], grads, [v.value for v in variables]
             )
@@ -190,8 +204,8 @@ def _compiled_apply(optimizer: Any, variables: list[Any]) -> Callable[[list[Any]
             for variable, value in zip(optimizer.variables, new_state):
                 variable.assign(value)
 
-        return apply
-    return _eager_apply(optimizer, variables)
+        return jitted
+    raise ValueError(f"Invalid mode: {mode!r} (expected 'eager', 'graph', 'xla' or 'jit')")
 
 
 def _to_numpy(x: Any) -> np.ndarray:
