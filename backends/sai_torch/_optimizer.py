@@ -300,6 +300,26 @@ class SGDSaI(Optimizer):
         _validate_group(group, check_lr=not isinstance(group["lr"], Tensor))
         params = [p for p in group["params"] if p.grad is not None]
         grads = [p.grad for p in params]
+        # This runs at every step: look at the distinct layouts and dtypes (sets built in one pass),
+        # and walk the tensors one by one only to name the one that is refused.
+        layouts, dtypes = {g.layout for g in grads}, {g.dtype for g in grads}
+        if layouts - {torch.strided} or not all(d.is_floating_point for d in dtypes):
+            self._refuse_gradients(params, grads)
+        if 0 in map(Tensor.numel, params):
+            params = [p for p in params if p.numel() != 0]
+            grads = [p.grad for p in params]
+        states = [self.state.get(p) for p in params]
+        return _GroupWork(
+            group,
+            params,
+            grads,
+            states,
+            [None if state is None else state.get("momentum_buffer") for state in states],
+            [None if state is None else state.get("scale") for state in states],
+        )
+
+    def _refuse_gradients(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        """Raises for the first gradient SGDSaI cannot use (sparse, complex, not floating point)."""
         for p, grad in zip(params, grads):
             if grad.is_sparse:
                 raise RuntimeError(
@@ -315,18 +335,6 @@ class SGDSaI(Optimizer):
                 raise RuntimeError(
                     f"SGDSaI needs floating-point gradients; {self._describe(p)} has a {grad.dtype} gradient"
                 )
-        if any(p.numel() == 0 for p in params):
-            params = [p for p in params if p.numel() != 0]
-            grads = [p.grad for p in params]
-        states = [self.state.get(p) for p in params]
-        return _GroupWork(
-            group,
-            params,
-            grads,
-            states,
-            [None if state is None else state.get("momentum_buffer") for state in states],
-            [None if state is None else state.get("scale") for state in states],
-        )
 
     def _initialize(self, work: list[_GroupWork]) -> None:
         """Initializes every tensor at its first informative gradient; the others sit this step out.
