@@ -154,18 +154,38 @@ def _is_real_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+class _Unset:
+    """Marks a hyperparameter a caller did not pass to :func:`validate_hyperparameters`."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_UNSET: Any = _Unset()
+
+# Each numeric hyperparameter: its rule as a predicate and as text (the error message).
+_RULES: Mapping[str, tuple[Any, str]] = {
+    "lr": (lambda v: v >= 0, "lr >= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "0 <= momentum < 1"),
+    "weight_decay": (lambda v: v >= 0, "weight_decay >= 0"),
+    "eps": (lambda v: v >= 0, "eps >= 0"),
+}
+
+
 def validate_hyperparameters(
     *,
-    lr: Any = None,
-    momentum: Any = None,
-    weight_decay: Any = None,
-    eps: Any = None,
-    maximize: Any = None,
+    lr: Any = _UNSET,
+    momentum: Any = _UNSET,
+    weight_decay: Any = _UNSET,
+    eps: Any = _UNSET,
+    maximize: Any = _UNSET,
 ) -> None:
     """Raises ``ValueError`` naming the argument and value for any invalid hyperparameter.
 
-    Arguments left as ``None`` are not checked. Numbers must be finite Python or NumPy reals;
-    a backend that accepts tensors (a torch ``lr`` tensor) validates those itself.
+    The one validation of every backend (each maps its own argument names onto these). Only the
+    arguments passed are checked; a passed ``None`` is invalid (it would fail later, at the first
+    step, with an error that names nothing). Numbers must be finite Python or NumPy reals; a
+    backend that accepts tensors (a torch ``lr`` tensor, a traced JAX scalar) checks those itself.
 
     Examples:
         >>> validate_hyperparameters(lr=0.1, momentum=0.9)
@@ -173,21 +193,21 @@ def validate_hyperparameters(
         Traceback (most recent call last):
         ...
         ValueError: Invalid momentum: 1.0 (must satisfy 0 <= momentum < 1)
+        >>> validate_hyperparameters(eps=None)
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid eps: None (must be a real number with eps >= 0)
     """
-    checks = (
-        ("lr", lr, lambda v: v >= 0, "lr >= 0"),
-        ("momentum", momentum, lambda v: 0 <= v < 1, "0 <= momentum < 1"),
-        ("weight_decay", weight_decay, lambda v: v >= 0, "weight_decay >= 0"),
-        ("eps", eps, lambda v: v >= 0, "eps >= 0"),
-    )
-    for name, value, ok, rule in checks:
-        if value is None:
+    given = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eps": eps}
+    for name, value in given.items():
+        if value is _UNSET:
             continue
+        ok, rule = _RULES[name]
         if not _is_real_number(value) and not _is_numpy_real(value):
             raise ValueError(f"Invalid {name}: {value!r} (must be a real number with {rule})")
         if not math.isfinite(float(value)) or not ok(float(value)):
             raise ValueError(f"Invalid {name}: {value!r} (must satisfy {rule})")
-    if maximize is not None and not isinstance(maximize, bool):
+    if maximize is not _UNSET and not isinstance(maximize, bool):
         raise ValueError(f"Invalid maximize: {maximize!r} (must be a bool)")
 
 
