@@ -112,7 +112,10 @@ def test_integer_gradient_raises_naming_the_tensor_and_the_step_changes_nothing(
     (good,) = _params((2, 2))
     bad = torch.nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False)
     bad.grad = torch.ones(3, dtype=torch.int64)
-    opt = SGDSaI([{"params": [good]}, {"params": [bad]}])
+    # add_param_group refuses integer parameters; one put into a group by hand fails at its gradient
+    # (every path, with state already present: tests/test_faults_torch.py).
+    opt = SGDSaI([{"params": [good]}, {"params": _params((1,))}])
+    opt.param_groups[1]["params"] = [bad]
     _set_grads([good], 0)
     before = good.detach().clone()
     with pytest.raises(RuntimeError, match=re.escape("parameter 1 (shape (3,)) has a torch.int64 gradient")):

@@ -1,6 +1,8 @@
 """Two gloo processes train one model with ``SGDSaI`` under DDP, then under FSDP2; rank 0 saves.
 
 Run by ``tests/test_torch_distributed.py`` as ``python tests/torch_distributed_worker.py OUT``.
+``python tests/torch_distributed_worker.py OUT fsdp1`` instead checks that FSDP1's flattened
+parameters are refused (``tests/test_torch_checkpoints_engines.py``).
 The model, data and schedule are defined here once and imported by the test, which trains the same
 model in one process on the whole batch and compares. Each rank takes half of every batch; both
 engines average gradients over ranks, so the gradient equals the single-process one up to
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -117,10 +120,59 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def main(out: str) -> None:
+def _refusal(make: Callable[[], object]) -> str | None:
+    """The message of the error ``make()`` raises (ValueError or RuntimeError), or ``None``."""
+    try:
+        make()
+    except (ValueError, RuntimeError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _fsdp1(rank: int) -> dict:
+    """FSDP1 (FullyShardedDataParallel) hands SGDSaI flattened tensors: each way must be refused."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from sai_torch import SGDSaI
+
+    results: dict = {}
+    cpu = torch.device("cpu")  # FSDP1 looks for an accelerator unless told the device
+    flat = FullyShardedDataParallel(make_model(), device_id=cpu)
+    results["flat_param"] = _refusal(lambda: SGDSaI(flat.parameters(), lr=LR))
+    orig = FullyShardedDataParallel(make_model(), device_id=cpu, use_orig_params=True)
+    results["use_orig_params"] = _refusal(lambda: SGDSaI(orig.parameters(), lr=LR))
+    # The optimizer built before wrapping (its tensors were whole then): refused at the first step.
+    model = make_model()
+    opt = SGDSaI(model.parameters(), lr=LR)
+    wrapped = FullyShardedDataParallel(model, device_id=cpu, use_orig_params=True)
+    x, y = batches()[0]
+    torch.nn.functional.mse_loss(wrapped(x.chunk(WORLD_SIZE)[rank]), y.chunk(WORLD_SIZE)[rank]).backward()
+    before = [p.detach().clone() for p in wrapped.parameters()]
+    results["wrapped_after_construction"] = _refusal(opt.step)
+    results["unchanged_after_refusal"] = len(opt.state) == 0 and all(
+        torch.equal(a, b) for a, b in zip(before, wrapped.parameters())
+    )
+    return results
+
+
+def _fsdp1_worker(rank: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        gathered = [None] * WORLD_SIZE
+        dist.all_gather_object(gathered, _fsdp1(rank))
+        if rank == 0:
+            torch.save(gathered, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def main(out: str, mode: str = "supported") -> None:
+    """``mode``: "supported" (DDP and FSDP2 training) or "fsdp1" (the refused FSDP1 layouts)."""
+    target = {"supported": _worker, "fsdp1": _fsdp1_worker}[mode]
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_worker, args=(os.path.join(folder, "init"), out), nprocs=WORLD_SIZE)
+        mp.spawn(target, args=(os.path.join(folder, "init"), out), nprocs=WORLD_SIZE)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

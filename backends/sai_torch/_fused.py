@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import torch
+import torch._inductor.config as inductor_config
 import torch.fx.experimental._config as fx_config
 
 from ._functional import _group, _is_device_tensor, _multi_tensor_sgd_sai
@@ -41,6 +42,15 @@ ROW = 64
 MAX_BATCH = 32
 
 _compiled: dict[int, Callable[..., None]] = {}
+
+# Inductor elides a float32 -> bfloat16/float16 -> float32 round trip inside one kernel (it reuses
+# the float32 value), which would update a low-precision parameter from the unrounded buffer; the
+# reference (and every other path) updates it from the buffer as stored. emulate_precision_casts
+# keeps the rounding. Float32/float64 kernels have no such casts (on Triton it also turns off FMA
+# contraction: one rounding more per element in a memory-bound kernel, no measurable cost).
+_COMPILE_OPTIONS = (
+    {"emulate_precision_casts": True} if hasattr(inductor_config, "emulate_precision_casts") else {}
+)
 _padding: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, Tensor, Tensor]]] = {}
 
 
@@ -76,7 +86,7 @@ def _batch_kernel(length: int) -> Callable[..., None]:
     if kernel is None:
         code = _sai_kernels.__code__.replace(co_name=f"_sai_kernels_{length}")
         function = types.FunctionType(code, _sai_kernels.__globals__, code.co_name)
-        kernel = _compiled[length] = torch.compile(function, dynamic=True, fullgraph=True)
+        kernel = _compiled[length] = torch.compile(function, dynamic=True, fullgraph=True, options=_COMPILE_OPTIONS)
     return kernel
 
 
@@ -162,7 +172,9 @@ def _fused_sgd_sai(
     selected, rest = [], []
     threshold = max(MIN_NUMEL, 2 * ROW)  # 2 rows at least: an extent of 1 would be specialized
     for i, (param, grad, buffer) in enumerate(zip(params, grads, momentum_buffers)):
-        ready = buffer is not None and param.dtype == grad.dtype == buffer.dtype
+        # Meta tensors (shape only, no data: deferred initialization, shape inference) take the
+        # multi-tensor path, whose foreach ops run on meta as torch.optim's do; nothing compiles.
+        ready = buffer is not None and param.dtype == grad.dtype == buffer.dtype and not param.is_meta
         if ready:
             p, g, m = local(param), local(grad), local(buffer)
             ready = p.numel() >= threshold and p.is_contiguous() and g.is_contiguous() and m.is_contiguous()

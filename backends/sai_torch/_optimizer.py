@@ -23,6 +23,7 @@ from sai_core import (
 
 from ._functional import sgd_sai
 from ._gsnr import initial_scales
+from . import _checkpoints, _engines
 
 __all__ = ["SGDSaI"]
 
@@ -55,7 +56,20 @@ def _validate_flag(name: str, value: Any) -> None:
         raise ValueError(f"Invalid {name}: {value!r} (must be None, True or False)")
 
 
-def _validate_group(group: dict[str, Any], *, check_lr: bool = True) -> None:
+# The keys every parameter group holds (torch.optim fills them from ``defaults`` when a group is
+# added; a group edited afterwards, or loaded from a foreign checkpoint, may lack one).
+_GROUP_KEYS = ("lr", "momentum", "weight_decay", "eps", "maximize", "foreach", "fused")
+
+
+def _validate_group(group: dict[str, Any], *, check_lr: bool = True, index: int | None = None) -> None:
+    """Raises ``ValueError`` naming the key (and the group's index) for a missing or invalid entry."""
+    missing = [key for key in _GROUP_KEYS if key not in group]
+    if missing:
+        where = "a parameter group" if index is None else f"param_groups[{index}]"
+        raise ValueError(
+            f"Invalid {where}: no value for {', '.join(map(repr, missing))} (every group holds "
+            f"{list(_GROUP_KEYS)}; put the key back, e.g. from opt.defaults)"
+        )
     if check_lr:
         _validate_lr(group["lr"])
     validate_hyperparameters(
@@ -147,8 +161,12 @@ class SGDSaI(Optimizer):
             ``vector_rule``, ``momentum_init``, ``zero_gradient``, overriding the preset's values.
 
     Raises:
-        ValueError: an invalid hyperparameter, preset or knob value (the message names it).
+        ValueError: an invalid hyperparameter, preset or knob value, or a parameter that is not
+            real floating point (the message names it); at ``step()``, a group whose value was
+            changed to an invalid one or that lacks a key.
         TypeError: a keyword that is neither an argument nor a knob.
+        RuntimeError: at ``step()``, a gradient it cannot use (sparse, integer, bool, complex) or a
+            tensor it cannot initialize (a meta tensor). A step that raises changes nothing.
 
     Examples:
         >>> import torch
@@ -209,6 +227,12 @@ class SGDSaI(Optimizer):
                         f"Invalid params: a complex parameter of shape {tuple(p.shape)}; the g-SNR is "
                         "defined for real tensors (optimize torch.view_as_real(p) instead)"
                     )
+                if not p.is_floating_point():
+                    raise ValueError(
+                        f"Invalid params: {self._describe(p)} has dtype {p.dtype}; SGDSaI updates "
+                        "floating-point tensors only (an integer or bool tensor cannot take a fractional step)"
+                    )
+            _engines.check_added(self, group["params"], self._describe)  # FSDP1 / DeepSpeed: refused
         except ValueError:
             self.param_groups.pop()
             raise
@@ -239,8 +263,10 @@ class SGDSaI(Optimizer):
 
         Refuses (``ValueError``, nothing loaded) a checkpoint made with other knobs, one made
         before a knob existed (``zero_gradient`` is new in contract v2), and one whose tensor
-        state holds a momentum buffer without a scale or a scale without ``M``.
+        state holds a momentum buffer without a scale or a scale without ``M``. A published port's
+        checkpoint is converted (or refused) and another optimizer's refused: ``_checkpoints``.
         """
+        state_dict = _checkpoints.prepare_state_dict(self, state_dict)
         saved = state_dict.get("sai_config")
         if saved is not None:
             missing = [name for name in KNOB_VALUES if name not in saved]
@@ -291,13 +317,13 @@ class SGDSaI(Optimizer):
                 index += 1
         return f"a parameter of shape {tuple(param.shape)}"
 
-    def _collect_group(self, group: dict[str, Any]) -> _GroupWork:
+    def _collect_group(self, group: dict[str, Any], index: int) -> _GroupWork:
         """The group's tensors that have a gradient, with their state (validated on the way).
 
         Zero-size tensors are left out: they are never initialized and never change. Nothing is
         written here, so a step that raises during collection changes no state.
         """
-        _validate_group(group, check_lr=not isinstance(group["lr"], Tensor))
+        _validate_group(group, check_lr=not isinstance(group.get("lr"), Tensor), index=index)
         params = [p for p in group["params"] if p.grad is not None]
         grads = [p.grad for p in params]
         # This runs at every step: look at the distinct layouts and dtypes (sets built in one pass),
@@ -336,6 +362,26 @@ class SGDSaI(Optimizer):
                     f"SGDSaI needs floating-point gradients; {self._describe(p)} has a {grad.dtype} gradient"
                 )
 
+    def _refuse_uninitializable(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        """Raises, before anything is written, for a tensor that cannot be initialized now.
+
+        Checked only for tensors still waiting for their scale (none in a steady step, so this
+        costs nothing there): a parameter that is not floating point (one put into
+        ``param_groups`` by hand, past ``add_param_group``'s check) and a meta tensor.
+        """
+        for p, grad in zip(params, grads):
+            if not p.is_floating_point():
+                raise RuntimeError(
+                    f"SGDSaI updates floating-point tensors only; {self._describe(p)} has dtype {p.dtype}"
+                )
+            if p.is_meta or grad.is_meta:
+                raise RuntimeError(
+                    f"SGDSaI cannot initialize {self._describe(p)} on the meta device: its scale is a "
+                    "statistic of the gradient's values, which a meta tensor does not have. Materialize "
+                    "the parameters (e.g. module.to_empty(device=...) and initialize them) before the "
+                    "first step; a tensor whose scale is known (state loaded) steps shape-only on meta"
+                )
+
     def _initialize(self, work: list[_GroupWork]) -> None:
         """Initializes every tensor at its first informative gradient; the others sit this step out.
 
@@ -345,6 +391,8 @@ class SGDSaI(Optimizer):
         pending = [(w, i) for w in work for i, scale in enumerate(w.scales) if scale is None]
         if not pending:
             return
+        self._refuse_uninitializable([w.params[i] for w, i in pending], [w.grads[i] for w, i in pending])
+        _engines.check_initializing(self, [w.params[i] for w, i in pending], self._describe)
         init = initial_scales(
             [w.grads[i] for w, i in pending],
             [w.group["eps"] for w, _ in pending],
@@ -383,7 +431,7 @@ class SGDSaI(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = [self._collect_group(group) for group in self.param_groups]
+        work = [self._collect_group(group, index) for index, group in enumerate(self.param_groups)]
         self._initialize(work)
         for w in work:
             if not w.params:
