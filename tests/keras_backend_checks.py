@@ -64,6 +64,11 @@ APPLY_MODES: dict[str, tuple[str, ...]] = {
 # The apply-level checks of contract v2, each reported once per APPLY_MODES mode.
 APPLY_CHECKS: tuple[str, ...] = ("first_gradient_deferred", "overflow_statistic", "zero_size_never_sets_m")
 
+# Bad input (SPEC.md step 0), per APPLY_MODES mode: a clear error and nothing changed; and sparse
+# gradients (JAX BCOO; TensorFlow IndexedSlices and SparseTensor), densified: equal to dense.
+FAULT_CHECKS: tuple[str, ...] = ("bad_apply_changes_nothing",)
+SPARSE_BACKENDS: tuple[str, ...] = ("jax", "tensorflow")
+
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 0.1
 
 
@@ -76,6 +81,9 @@ def check_names(config: str) -> list[str]:
         return [n for n in v2 if not n.startswith("overflow_statistic")]  # float32 only: done by "jax"
     names = ["doctests", "docs_example", "namespace_contract", "runner_discovery", "validation_errors"]
     names += ["defaults", "config_round_trip"] + v2
+    names += [f"{name}[{mode}]" for name in FAULT_CHECKS for mode in APPLY_MODES[backend]]
+    if backend in SPARSE_BACKENDS:
+        names += [f"sparse_gradient_equals_dense[{mode}]" for mode in APPLY_MODES[backend]]
     names += ["absent_gradient_none_equals_subset", "bfloat16_statistics_in_float32"]
     if backend != "jax":  # eager TensorFlow and torch run only the taken branch of a cond
         names.append("gsnr_evaluated_once_per_variable")
@@ -348,6 +356,10 @@ def check_validation_errors() -> _Result:
         ({"std_correction": 2}, ValueError, ("std_correction", "2")),
         ({"exclude_from_weight_decay": "bias"}, ValueError, ("exclude_from_weight_decay", "'bias'")),
         ({"not_a_keyword": 1}, ValueError, ("not_a_keyword",)),
+        # A passed None is refused (sai_core.validate_hyperparameters), named as Keras names it.
+        ({"learning_rate": None}, ValueError, ("Invalid learning_rate: None",)),
+        ({"momentum": None}, ValueError, ("Invalid momentum: None",)),
+        ({"epsilon": None}, ValueError, ("Invalid epsilon: None",)),
     ]
     problems = []
     for kwargs, error, needles in cases:
@@ -368,7 +380,10 @@ def check_validation_errors() -> _Result:
         problems.append("exclude_from_weight_decay after build did not raise")
     except ValueError:
         pass
-    return _Result(not problems, "; ".join(problems) or f"{len(cases) + 1} invalid inputs rejected by name")
+    # weight_decay=None stays Keras's "no weight decay".
+    if SGDSaI(weight_decay=None).weight_decay is not None:
+        problems.append("weight_decay=None is not Keras's no-decay")
+    return _Result(not problems, "; ".join(problems) or f"{len(cases) + 1} invalid inputs rejected by name, weight_decay=None accepted")
 
 
 def check_config_round_trip() -> _Result:
@@ -809,6 +824,160 @@ def zero_size_checks(backend: str) -> dict[str, _Result]:
     return results
 
 
+@dataclasses.dataclass(frozen=True)
+class _BadApply:
+    desc: str
+    second: tuple[str, Any]  # the second variable: (dtype, shape); the first is float32 (3, 4) "w"
+    good: Callable[[], list]  # a valid first apply's gradients
+    bad: Callable[[], list]  # the bad apply's gradients
+    message: str  # a fragment the ValueError must contain
+
+
+def _bad_applies() -> list[_BadApply]:
+    import numpy as np
+
+    w = np.linspace(-1.0, 2.0, 12, dtype="float32").reshape(3, 4)
+    b = np.array([1.0, -2.0, 0.5], "float32")
+    return [
+        _BadApply("integer variable", ("int32", (3,)), lambda: [w, None], lambda: [w, np.ones(3, "int32")],
+                  "Invalid variable 'x': dtype int32"),
+        _BadApply("complex gradient (Keras would drop its imaginary part)", ("float32", (3,)), lambda: [w, b],
+                  lambda: [w, (b + 1j * b).astype("complex64")], "Invalid gradient for variable 'x': dtype complex64"),
+        _BadApply("integer gradient", ("float32", (3,)), lambda: [w, b], lambda: [w, np.ones(3, "int32")],
+                  "Invalid gradient for variable 'x': dtype int32"),
+        _BadApply("gradient of another shape, as many elements (was reshaped silently)", ("float32", (3,)),
+                  lambda: [w, b], lambda: [w.reshape(12), b], "Invalid gradient for variable 'w': shape (12,)"),
+        _BadApply("gradient of another shape (1, 4)", ("float32", (3,)), lambda: [w, b], lambda: [w[:1], b],
+                  "Invalid gradient for variable 'w': shape (1, 4), but the variable has shape (3, 4)"),
+    ]
+
+
+def bad_apply_checks(backend: str) -> dict[str, _Result]:
+    """``bad_apply_changes_nothing[mode]``: an ``apply`` that raises changes nothing (SPEC.md step 0).
+
+    Per case: a valid apply first (so that buffers, scales and ``M`` hold values), then a bad
+    one, which must raise a ``ValueError`` naming the variable, leaving every variable and every
+    optimizer variable (``iterations`` included) bit for bit as it was. Eagerly, a bad *first*
+    apply must also leave the optimizer unbuilt.
+    """
+    import keras
+    import numpy as np
+
+    from sai_keras import SGDSaI
+
+    def snapshot(optimizer, variables):
+        return [np.array(keras.ops.convert_to_numpy(v)) for v in list(variables) + list(optimizer.variables)]
+
+    def make(case):
+        dtype, shape = case.second
+        # trainable=False for the integer variable: torch cannot create a trainable one, and
+        # Keras's apply does not look at the flag.
+        second = keras.Variable(np.ones(shape), dtype=dtype, name="x", trainable=dtype.startswith("float"))
+        return [keras.Variable(np.ones((3, 4)), dtype="float32", name="w"), second]
+
+    results = {}
+    for mode in APPLY_MODES[backend]:
+        problems, count = [], 0
+        for case in _bad_applies():
+            variables = make(case)
+            optimizer = SGDSaI(learning_rate=LR, weight_decay=WEIGHT_DECAY)
+            apply = _applier(optimizer, variables, mode)
+            apply(case.good())
+            before = snapshot(optimizer, variables)
+            try:
+                apply(case.bad())
+                problems.append(f"{case.desc}: no error")
+            except ValueError as error:
+                if case.message not in str(error):
+                    problems.append(f"{case.desc}: message {str(error)[:300]!r} lacks {case.message!r}")
+            after = snapshot(optimizer, variables)
+            if len(before) != len(after) or any(a.tobytes() != b.tobytes() for a, b in zip(before, after)):
+                problems.append(f"{case.desc}: a variable or optimizer variable changed")
+            count += 1
+            if mode == "eager":
+                variables = make(case)
+                fresh = SGDSaI()
+                try:
+                    fresh.apply(case.bad(), variables)
+                    problems.append(f"{case.desc}: first apply, no error")
+                except ValueError:
+                    pass
+                if fresh.built or any(np.any(keras.ops.convert_to_numpy(v) != 1) for v in variables):
+                    problems.append(f"{case.desc}: a failed first apply built the optimizer or changed a variable")
+        results[f"bad_apply_changes_nothing[{mode}]"] = _Result(
+            not problems and count > 0, "; ".join(problems) or f"{count} bad applies raised by name and changed nothing"
+        )
+    return results
+
+
+def _sparse_forms(backend: str, dense) -> dict[str, Any]:
+    """The backend's sparse representations of ``dense`` (a 2-D float32 NumPy array)."""
+    import numpy as np
+
+    if backend == "jax":
+        from jax.experimental import sparse
+
+        return {"BCOO": sparse.BCOO.fromdense(dense)}
+    import tensorflow as tf
+
+    rows = np.flatnonzero(np.any(dense != 0, axis=1))
+    # IndexedSlices may repeat an index (an Embedding looked up twice): the values add up.
+    indices = np.concatenate([rows, rows[:1]])
+    values = np.concatenate([dense[rows], np.zeros_like(dense[rows[:1]])])
+    values[-1] = values[0] = 0.5 * dense[rows[0]]  # halves: exact in binary floating point
+    nonzero = np.argwhere(dense != 0)
+    return {
+        "IndexedSlices": tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant(dense.shape)),
+        "SparseTensor": tf.sparse.SparseTensor(nonzero, dense[dense != 0], dense.shape),
+    }
+
+
+def sparse_checks(backend: str) -> dict[str, _Result]:
+    """``sparse_gradient_equals_dense[mode]``: sparse gradients give the dense gradient's result, exactly.
+
+    An embedding-like (6, 4) variable gets gradients with zero rows as the backend's sparse
+    tensors, a (3,) variable dense ones, for 3 applies (momentum 0.9 and 0); every variable and
+    optimizer variable must equal, bit for bit, the run with the same gradients dense.
+    """
+    import keras
+    import numpy as np
+
+    from sai_keras import SGDSaI
+
+    rng = np.random.default_rng(51)
+    dense_rows = []
+    for step in range(3):
+        table = rng.standard_normal((6, 4)).astype("float32")
+        table[[1, 4] if step else [0, 2, 5]] = 0.0
+        dense_rows.append([table, rng.standard_normal(3).astype("float32")])
+    results = {}
+    for mode in APPLY_MODES[backend]:
+        problems, count = [], 0
+        for momentum in (MOMENTUM, 0.0):
+            runs = {}
+            for form in ["dense", *_sparse_forms(backend, dense_rows[0][0])]:
+                variables = [keras.Variable(np.ones((6, 4)), dtype="float32", name="table"), keras.Variable(np.ones(3), dtype="float32", name="bias")]
+                optimizer = SGDSaI(learning_rate=LR, momentum=momentum, weight_decay=WEIGHT_DECAY)
+                apply = _applier(optimizer, variables, mode)
+                try:
+                    for table, bias in dense_rows:
+                        apply([table if form == "dense" else _sparse_forms(backend, table)[form], bias])
+                except Exception as error:  # reported, with the form that failed
+                    problems.append(f"momentum {momentum} {form}: {type(error).__name__}: {str(error)[:300]}")
+                    continue
+                runs[form] = [np.array(keras.ops.convert_to_numpy(v)) for v in variables + list(optimizer.variables)]
+            for form, state in runs.items():
+                if form == "dense":
+                    continue
+                count += 1
+                if any(a.tobytes() != b.tobytes() for a, b in zip(state, runs["dense"])):
+                    problems.append(f"momentum {momentum} {form}: state differs from the dense gradients' run")
+        results[f"sparse_gradient_equals_dense[{mode}]"] = _Result(
+            not problems and count > 0, "; ".join(problems) or f"{count} sparse runs equal the dense ones bit for bit"
+        )
+    return results
+
+
 def check_fit_zero_first_batch(mode_kwargs: dict[str, Any]) -> _Result:
     """``model.fit`` whose first batch is all zeros: the kernel's first gradient is exactly zero.
 
@@ -1161,7 +1330,13 @@ def run(config: str, only: str | None) -> dict[str, Any]:
     for name in wanted:
         if name in simple:
             record(name, simple[name])
-    groups = {"first_gradient_deferred": deferral_checks, "overflow_statistic": overflow_checks, "zero_size_never_sets_m": zero_size_checks}
+    groups = {
+        "first_gradient_deferred": deferral_checks,
+        "overflow_statistic": overflow_checks,
+        "zero_size_never_sets_m": zero_size_checks,
+        "bad_apply_changes_nothing": bad_apply_checks,
+        "sparse_gradient_equals_dense": sparse_checks,
+    }
     for prefix, function in groups.items():
         names = [n for n in wanted if n.startswith(prefix + "[")]
         if not names:

@@ -227,19 +227,50 @@ def _shapes_of(tree: Any) -> Any:
         pytest.param(lambda: sai_jax.sgd_sai(momentum=0.0), False, id="sgd_sai momentum 0"),
         pytest.param(lambda: optax.inject_hyperparams(sai_jax.sgd_sai)(), True, id="inject_hyperparams"),
         # An injected momentum is an array, unknown at trace time: a buffer is kept even for 0,
-        # so this state's structure differs from the plain momentum-0 one (docs/jax.md).
+        # so this state's structure differs from the plain momentum-0 one (docs/jax.md) ...
         pytest.param(lambda: optax.inject_hyperparams(sai_jax.sgd_sai)(momentum=0.0), True, id="inject_hyperparams momentum 0"),
+        # ... unless the momentum is static: then it is the plain structure.
+        pytest.param(
+            lambda: optax.inject_hyperparams(sai_jax.sgd_sai, static_args=("momentum",))(momentum=0.0),
+            False,
+            id="inject_hyperparams static momentum 0",
+        ),
+        pytest.param(lambda: sai_jax.sgd_sai_groups({"a": {}, "b": {"momentum": 0.5}}, {"w": "a", "b": "b"}), True, id="sgd_sai_groups"),
+        pytest.param(
+            lambda: sai_jax.sgd_sai_groups({"a": {"momentum": 0.0}, "b": {}}, {"w": "a", "b": "a"}), False,
+            id="sgd_sai_groups, every used group momentum 0",
+        ),
     ],
 )
 def test_tree_map_params_maps_every_parameter_shaped_field(make, buffer):
     # optax.tree_map_params initializes the optimizer with a placeholder (a tree without leaves)
-    # and matches its state against the real one: their structures must agree.
+    # and matches its state against the real one: their structures must agree. Only the momentum
+    # buffer is a copy of the parameters; the per-leaf scalar scales and flags go, whole, to
+    # transform_non_params with count and M (a parameter's sharding would not fit a scalar).
     params, _ = _problem()
     opt = make()
     state = opt.init(params)
-    # f sees the state's leaves at the parameter-shaped fields (a scalar scale and flag per leaf).
-    mapped = optax.tree_map_params(opt, lambda leaf: ("mapped", leaf.shape), state, transform_non_params=lambda _: None)
+    specs = {"w": "spec of w", "b": "spec of b"}
+    # optax's recipe, as documented for optax.tree_map_params: f returns the parameter's spec.
+    mapped = optax.tree_map_params(opt, lambda _, spec: spec, state, specs, transform_non_params=lambda _: "other")
     (sai,) = [s for s in jax.tree.leaves(mapped, is_leaf=_is_sai) if _is_sai(s)]
-    assert sai.scale == sai.initialized == {"w": ("mapped", ()), "b": ("mapped", ())}
-    assert sai.momentum_buffer == ({"w": ("mapped", (8, 4)), "b": ("mapped", (4,))} if buffer else None)
-    assert sai.count is None and sai.max_gsnr is None
+    assert sai.momentum_buffer == (specs if buffer else None)
+    assert sai.scale == sai.initialized == sai.count == sai.max_gsnr == "other"
+    shapes = optax.tree_map_params(opt, lambda leaf: leaf.shape, state)
+    (sai,) = [s for s in jax.tree.leaves(shapes, is_leaf=_is_sai) if _is_sai(s)]
+    assert sai.momentum_buffer == ({"w": (8, 4), "b": (4,)} if buffer else None)
+    assert jax.tree.structure(sai.scale) == jax.tree.structure(params)  # unchanged: not mapped
+
+
+def test_tree_map_params_with_a_momentum_0_group_needs_is_leaf_for_its_none_buffers():
+    # A group with momentum 0 keeps no buffer: its leaves are None in the buffer tree. As for
+    # optax's masked states, pass is_leaf so that f sees them (docs/jax.md).
+    params, _ = _problem()
+    opt = sai_jax.sgd_sai_groups({"a": {}, "b": {"momentum": 0.0}}, {"w": "a", "b": "b"})
+    state = opt.init(params)
+    specs = {"w": "spec of w", "b": "spec of b"}
+    mapped = optax.tree_map_params(
+        opt, lambda _, spec: spec, state, specs, transform_non_params=lambda _: "other", is_leaf=lambda x: x is None
+    )
+    (sai,) = [s for s in jax.tree.leaves(mapped, is_leaf=_is_sai) if _is_sai(s)]
+    assert sai.momentum_buffer == specs

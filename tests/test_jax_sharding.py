@@ -1,7 +1,8 @@
 """SGD-SaI on JAX's own sharding engine: 8 host devices, one matrix split by rows, the other leaves
 replicated. After 10 jitted steps the sharded run equals the one-device run and the float64
 reference, the shardings are kept (parameters and momentum), and the sharded matrix's g-SNR is
-the whole tensor's statistic, not a shard's.
+the whole tensor's statistic, not a shard's. optax's state-sharding recipe (state shardings derived
+with ``optax.tree_map_params``, ``init`` under ``jit`` with them) works for every optimizer.
 
 The device count is fixed when XLA starts, so the run happens in a subprocess
 (``tests/jax_sharding_check.py``) with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
@@ -62,3 +63,22 @@ def test_gsnr_of_a_sharded_matrix_is_the_whole_tensor_statistic(results, run):
     assert not r["matrix_is_the_max"]  # M is another leaf's: the all-reduced maximum is checked too
     # Every shard alone has a clearly different statistic (row offsets differ per shard).
     assert all(abs(s - r["whole_tensor_scale"]) > 0.02 * r["whole_tensor_scale"] for s in r["per_shard_scales"]), r
+
+
+RECIPES = ["sgd_sai", "sgd_sai momentum 0", "inject_hyperparams", "sgd_sai_groups", "sgd_sai_groups momentum 0 group"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECIPES)
+def test_optax_state_sharding_recipe(results, name):
+    # optax.tree_map_params derives the state's shardings from the parameters'; init under jit
+    # with them as out_shardings, then jitted steps: every momentum buffer is sharded like its
+    # parameter (the matrix's over all 8 devices, at init and after the steps), the per-leaf
+    # scalars, count and M are replicated, and the result is the one-device run's.
+    r = results[f"recipe-{name}"]
+    rtol = TOLERANCES["float32"].trajectory
+    assert r["same_state_structure"] and r["params_keep_sharding"] and r["scalars_replicated"], r
+    assert r["buffers_sharded_like_params"], r
+    assert r["buffers_checked"] == {"sgd_sai momentum 0": 0, "sgd_sai_groups momentum 0 group": 4}.get(name, 8), r
+    assert r["matrix_buffer_shards"] == (None if name == "sgd_sai momentum 0" else 8), r
+    assert r["sharded_vs_single"] <= rtol and r["state_vs_single"] <= rtol, r

@@ -81,13 +81,52 @@ def _keeps_any_buffer(momentum: Any, momenta: list[Any]) -> bool:
 
     Decided from the leaves' momenta; without leaves (an empty tree, or the placeholder
     ``optax.tree_map_params`` initializes with) from the argument itself, so that the state's
-    structure is the one real parameters would get.
+    structure is the one real parameters would get. A per-leaf callable may list the values it
+    can return in a ``choices`` attribute (``sgd_sai_groups`` does: its groups' momenta).
     """
     if momenta:
         return any(_keeps_buffer(mu) for mu in momenta)
     if callable(momentum) and not isinstance(momentum, jax.Array):
-        return True  # a per-leaf callable: what it returns for real parameters is unknown here
+        choices = getattr(momentum, "choices", None)
+        if choices is None:
+            return True  # what it returns for real parameters is unknown here
+        return any(_keeps_buffer(mu) for mu in choices)
     return any(_keeps_buffer(mu) for mu in jax.tree.leaves(momentum))
+
+
+def _is_tree_map_params_placeholder(params: Any) -> bool:
+    """Whether ``init`` was called by ``optax.tree_map_params`` (with its leafless placeholder).
+
+    ``tree_map_params`` initializes the optimizer with an instance of a private optax class and
+    applies its ``f`` wherever that instance appears in the returned state. Recognised by class
+    name and module: a user's empty parameter tree is a container, never this class.
+    """
+    kind = type(params)
+    return kind.__name__ == "_ParamsPlaceholder" and kind.__module__.startswith("optax")
+
+
+def _check_matching_gradients(grads: list[jax.Array], buffers: list[Any], params: Any, treedef: Any) -> None:
+    """SPEC.md step 0: a gradient whose shape differs from its parameter's raises, naming the leaf.
+
+    Shapes are static, so this costs nothing under ``jit``; without it a gradient of shape
+    ``(1, n)`` for an ``(m, n)`` parameter would silently broadcast into the buffer and the update.
+    """
+    references: list[Any] = list(buffers)
+    if params is not None:
+        try:
+            references = [b if b is not None else p for b, p in zip(buffers, treedef.flatten_up_to(params))]
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"Invalid params: structure {jax.tree.structure(params)} does not match the gradients' "
+                f"structure {treedef}"
+            ) from error
+    for index, (grad, reference) in enumerate(zip(grads, references)):
+        if reference is not None and jnp.shape(grad) != jnp.shape(reference):
+            path = jax.tree_util.tree_flatten_with_path(treedef.unflatten(grads))[0][index][0]
+            raise ValueError(
+                f"Invalid gradient at {jax.tree_util.keystr(path) or 'the root'}: shape {jnp.shape(grad)}, "
+                f"but the parameter has shape {jnp.shape(reference)}"
+            )
 
 
 def _maximize_flags(values: list[Any]) -> list[bool]:
@@ -163,6 +202,25 @@ def _initialization_branches(config: SaIConfig) -> tuple[Callable[[tuple], Any],
         return list(scales), list(initialized), [_false() for _ in scales], max_gsnr
 
     return initialize, keep
+
+
+def _placeholder_state(placeholder: Any, keeps_buffer: bool) -> ScaleBySaIState:
+    """The state ``optax.tree_map_params`` matches against a real one.
+
+    Only ``momentum_buffer`` is a copy of the parameters (shape and sharding like theirs), so only
+    it holds the placeholder, where ``tree_map_params`` applies its ``f``. ``scale`` and
+    ``initialized`` have the parameters' tree but one scalar per leaf: a leaf here makes
+    ``tree_map_params`` hand each whole tree to ``transform_non_params``, with ``count`` and
+    ``max_gsnr`` (a parameter's sharding would not fit a scalar).
+    """
+    scalar = jnp.zeros([], jnp.float32)
+    return ScaleBySaIState(
+        count=scalar,
+        max_gsnr=scalar,
+        scale=scalar,
+        initialized=scalar,
+        momentum_buffer=placeholder if keeps_buffer else None,
+    )
 
 
 def scale_by_sai(
@@ -255,6 +313,8 @@ def scale_by_sai(
             raise ValueError(f"Invalid accumulator_dtype: {accumulator_dtype} (must be a floating dtype)")
 
     def init_fn(params: optax.Params) -> ScaleBySaIState:
+        if _is_tree_map_params_placeholder(params):
+            return _placeholder_state(params, _keeps_any_buffer(momentum, []))
         check_real_floating("parameter", params)
         leaves, treedef = jax.tree.flatten(params)
         momenta = leaf_values("momentum", momentum, params, treedef)
@@ -281,25 +341,37 @@ def scale_by_sai(
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ScaleBySaIState]:
-        del params, extra_args
+        del extra_args
+        # Step 0: every check below raises before anything is computed (and the caller's state
+        # is immutable), so a failed update leaves parameters and state exactly as they were.
         check_real_floating("gradient", updates)
         grads, treedef = jax.tree.flatten(updates)
+        try:
+            old_scales = treedef.flatten_up_to(state.scale)
+            old_initialized = treedef.flatten_up_to(state.initialized)
+            old_buffers = (
+                [None] * len(grads) if state.momentum_buffer is None else treedef.flatten_up_to(state.momentum_buffer)
+            )
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"Invalid gradients: structure {treedef} does not match the state's "
+                f"{jax.tree.structure(state.scale)} (the state was initialised with other parameters)"
+            ) from error
+        _check_matching_gradients(grads, old_buffers, params, treedef)
         momenta = leaf_values("momentum", momentum, updates, treedef)
         epsilons = leaf_values("eps", eps, updates, treedef)
         flags = _maximize_flags(leaf_values("maximize", maximize, updates, treedef))
         grads = [-g if flag else g for g, flag in zip(grads, flags)]
-        old_scales = treedef.flatten_up_to(state.scale)
-        old_initialized = treedef.flatten_up_to(state.initialized)
-        if state.momentum_buffer is None:
-            old_buffers = [None] * len(grads)
-        else:
-            old_buffers = treedef.flatten_up_to(state.momentum_buffer)
         for index, (mu, buffer) in enumerate(zip(momenta, old_buffers)):
             if _keeps_buffer(mu) != (buffer is not None):
+                hint = "call init again"
+                if buffer is None and isinstance(mu, jax.Array):
+                    # A plain momentum-0 state meets an injected (array) momentum.
+                    hint += ", or keep momentum static: optax.inject_hyperparams(sgd_sai, static_args=(\"momentum\",))"
                 raise ValueError(
                     f"Invalid momentum: {mu!r} for leaf {index}, whose state "
                     f"{'has no' if buffer is None else 'has a'} momentum buffer; the state was "
-                    "initialised with a different momentum (call init again)"
+                    f"initialised with a different momentum ({hint})"
                 )
         epsilons = [jnp.asarray(e, compute_dtype(g, xp=jnp)) for e, g in zip(epsilons, grads)]
         operands = (grads, epsilons, old_scales, old_initialized, state.max_gsnr)

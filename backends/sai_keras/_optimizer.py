@@ -138,9 +138,11 @@ class SGDSaI(keras.optimizers.Optimizer):
         sai_config: the resolved :class:`sai_core.SaIConfig`.
 
     Raises:
-        ValueError: naming the argument and the value, for an invalid hyperparameter, preset,
-            knob value or ``exclude_from_weight_decay``; Keras's base class raises it for a
-            keyword it does not recognise.
+        ValueError: naming the argument and the value, for an invalid hyperparameter (``None``
+            included, except ``weight_decay=None``: no decay), preset, knob value or
+            ``exclude_from_weight_decay``; Keras's base class raises it for a keyword it does not
+            recognise. ``apply`` raises it, naming the variable, for a variable or gradient that
+            is not real floating point or a gradient of another shape, before anything changes.
 
     Examples:
         >>> import keras, numpy as np
@@ -195,7 +197,7 @@ class SGDSaI(keras.optimizers.Optimizer):
     ) -> None:
         knob_overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in KNOB_VALUES}
         sai_config = resolve_config(preset, **knob_overrides)
-        if isinstance(learning_rate, (int, float)) or _is_numpy_scalar(learning_rate):
+        if learning_rate is None or isinstance(learning_rate, (int, float)) or _is_numpy_scalar(learning_rate):
             _validate("learning_rate", learning_rate)
             learning_rate = float(learning_rate)
         _validate("momentum", momentum)
@@ -274,6 +276,28 @@ class SGDSaI(keras.optimizers.Optimizer):
         # Which variables decay is fixed here, from the Keras variables (inside update_step the
         # TensorFlow backend passes tf.Variables, whose names differ); the rate is read per trace.
         self._decays = [self._use_weight_decay(v) for v in variables]
+
+    def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
+        """Keras's ``apply``, after the checks of SPEC.md step 0 (nothing changes when they raise).
+
+        Every variable and every gradient must be real floating point and each gradient must have
+        its variable's shape; otherwise a ``ValueError`` names the variable before anything is
+        built or assigned (Keras itself would cast a complex gradient to real, silently dropping
+        its imaginary part, and this optimizer's reshape would accept a gradient of another shape
+        with as many elements). Sparse gradients (a JAX ``BCOO``, a ``tf.SparseTensor``) are
+        densified: the g-SNR and the momentum buffer are statistics of the whole tensor, so the
+        result equals the dense gradient's exactly. (``tf.IndexedSlices`` are densified later, by
+        the reshape in ``_backend_update_step``, with the same result.)
+        """
+        grads = [None if g is None else _dense(g) for g in grads]
+        variables = list(trainable_variables) if trainable_variables is not None else list(getattr(self, "_trainable_variables", []))
+        if trainable_variables is not None and len(grads) != len(variables):
+            raise ValueError(
+                f"Invalid apply: {len(grads)} gradients for {len(variables)} variables (one gradient, or None, per variable)"
+            )
+        for grad, variable in zip(grads, variables):
+            _check_gradient(grad, variable)
+        super().apply(grads, trainable_variables)
 
     def _apply_weight_decay(self, variables: Sequence[Any]) -> None:
         # Fused into update_step (one rounding, in the compute dtype); see the class docstring.
@@ -491,6 +515,61 @@ def _read(variable: Any) -> Any:
     # The variable's current value as a backend tensor. (keras.ops.convert_to_tensor hands a
     # TensorFlow-backend Keras variable back unchanged, which tf's smart_cond cannot take.)
     return ops.cast(variable, variable.dtype)
+
+
+def _dense(grad: Any) -> Any:
+    """``grad`` as a dense tensor when it is a backend's sparse tensor (JAX ``BCOO``, ``tf.SparseTensor``).
+
+    ``keras.ops.convert_to_tensor(..., sparse=False)`` densifies those and hands dense backend
+    tensors back unchanged; anything else (NumPy arrays, ``tf.IndexedSlices``) is left as it is.
+    """
+    if not ops.is_tensor(grad):
+        return grad
+    return ops.convert_to_tensor(grad, sparse=False)
+
+
+def _variable_name(variable: Any) -> str:
+    return str(getattr(variable, "path", None) or getattr(variable, "name", None) or variable)
+
+
+def _static_shape(value: Any) -> tuple[int | None, ...] | None:
+    """The static shape of a tensor, array or variable (``None`` where unknown, as in TF graphs)."""
+    shape = getattr(value, "shape", None)
+    try:
+        return tuple(None if d is None else int(d) for d in shape)
+    except (TypeError, ValueError):  # no shape, or a TensorShape of unknown rank
+        return None
+
+
+def _check_real_floating(what: str, value: Any, variable: Any) -> None:
+    dtype = getattr(value, "dtype", None)
+    name = keras.backend.standardize_dtype(dtype) if dtype is not None else type(value).__name__
+    if dtype is None or not keras.backend.is_float_dtype(name):
+        raise ValueError(
+            f"Invalid {what} {_variable_name(variable)!r}: dtype {name} (SGD-SaI needs real "
+            "floating-point variables and gradients; make integer, bool and complex variables non-trainable "
+            "or leave them out of the optimizer)"
+        )
+
+
+def _check_gradient(grad: Any, variable: Any) -> None:
+    """SPEC.md step 0 for one variable of an ``apply``: raises ``ValueError`` naming it.
+
+    A variable without a gradient (``None``) is skipped by Keras and left alone here too.
+    """
+    if grad is None:
+        return
+    _check_real_floating("variable", variable, variable)
+    if not hasattr(grad, "dtype"):  # a nested list: what Keras would convert it to
+        grad = ops.convert_to_tensor(grad)
+    _check_real_floating("gradient for variable", grad, variable)
+    got, want = _static_shape(grad), _static_shape(variable)
+    if got is None or want is None:
+        return
+    if len(got) != len(want) or any(g is not None and g != w for g, w in zip(got, want)):
+        raise ValueError(
+            f"Invalid gradient for variable {_variable_name(variable)!r}: shape {got}, but the variable has shape {want}"
+        )
 
 
 def _is_numpy_scalar(value: Any) -> bool:
