@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ optax = pytest.importorskip("optax")
 jnp = jax.numpy
 
 import sai_jax  # noqa: E402
+from jax_helpers import restore, save  # noqa: E402
 
 PARAMS = {"w": jnp.arange(12.0).reshape(4, 3) / 7, "b": jnp.array([0.5, -1.0, 2.0])}
 GRADS = {"w": jnp.linspace(-1.0, 2.0, 12).reshape(4, 3), "b": jnp.array([1.0, 0.0, -1.0])}
@@ -171,19 +171,6 @@ def test_complex_leaf_is_not_silently_made_real():
 # One state structure with and without optax.inject_hyperparams (docs/jax.md).
 
 
-def _save(path: Path, tree: Any) -> None:
-    np.savez(path, *[np.asarray(leaf) for leaf in jax.tree.leaves(tree)])
-
-
-def _restore(path: Path, template: Any) -> Any:
-    leaves, treedef = jax.tree.flatten(template)
-    with np.load(path) as data:
-        stored = [data[f"arr_{i}"] for i in range(len(data.files))]
-    if len(stored) != len(leaves):
-        raise ValueError(f"checkpoint has {len(stored)} leaves, the template {len(leaves)}")
-    return treedef.unflatten([jnp.asarray(s.view(t.dtype)) for s, t in zip(stored, leaves)])
-
-
 class _Plain:
     """sgd_sai itself: its whole state is the checkpoint."""
 
@@ -256,11 +243,11 @@ def test_a_checkpoint_of_one_continues_identically_in_the_other(momentum, static
     uninterrupted, _ = _train(first, params0, first.opt.init(params0), grads)
 
     params, state = _train(first, params0, first.opt.init(params0), grads[:3])
-    _save(tmp_path / "params.npz", params)
-    _save(tmp_path / "sai.npz", first.sai_state(state))
+    save(tmp_path / "params.npz", params)
+    save(tmp_path / "sai.npz", first.sai_state(state))
     template = second.opt.init(params0)
-    restored = _restore(tmp_path / "sai.npz", second.sai_state(template))
-    resumed, _ = _train(second, _restore(tmp_path / "params.npz", params0), second.with_sai_state(template, restored), grads[3:])
+    restored = restore(tmp_path / "sai.npz", second.sai_state(template))
+    resumed, _ = _train(second, restore(tmp_path / "params.npz", params0), second.with_sai_state(template, restored), grads[3:])
     for name in params0:
         np.testing.assert_array_equal(np.asarray(resumed[name]), np.asarray(uninterrupted[name]), err_msg=name)
 
@@ -271,9 +258,9 @@ def test_injected_array_momentum_0_keeps_a_buffer_and_refuses_a_plain_checkpoint
     params0, grads = _problem()
     plain = _Plain(0.0)
     _, state = _train(plain, params0, plain.opt.init(params0), grads[:2])
-    _save(tmp_path / "sai.npz", state)
+    save(tmp_path / "sai.npz", state)
     injected = _Injected(0.0, static=False)
     template = injected.sai_state(injected.opt.init(params0))
     assert template[0].momentum_buffer is not None
     with pytest.raises(ValueError, match="checkpoint has 6 leaves, the template 8"):
-        _restore(tmp_path / "sai.npz", template)
+        restore(tmp_path / "sai.npz", template)
