@@ -179,13 +179,15 @@ def validate_hyperparameters(
     weight_decay: Any = _UNSET,
     eps: Any = _UNSET,
     maximize: Any = _UNSET,
+    names: Mapping[str, str] | None = None,
 ) -> None:
     """Raises ``ValueError`` naming the argument and value for any invalid hyperparameter.
 
-    The one validation of every backend (each maps its own argument names onto these). Only the
-    arguments passed are checked; a passed ``None`` is invalid (it would fail later, at the first
-    step, with an error that names nothing). Numbers must be finite Python or NumPy reals; a
-    backend that accepts tensors (a torch ``lr`` tensor, a traced JAX scalar) checks those itself.
+    The one validation of every backend. Only the arguments passed are checked; a passed ``None``
+    is invalid (it would fail later, at the first step, with an error that names nothing).
+    Numbers must be finite Python or NumPy reals; a backend that accepts tensors (a torch ``lr``
+    tensor, a traced JAX scalar) checks those itself. ``names`` maps these argument names to the
+    ones the backend's user typed (``{"lr": "learning_rate"}``), for the message.
 
     Examples:
         >>> validate_hyperparameters(lr=0.1, momentum=0.9)
@@ -197,18 +199,25 @@ def validate_hyperparameters(
         Traceback (most recent call last):
         ...
         ValueError: Invalid eps: None (must be a real number with eps >= 0)
+        >>> validate_hyperparameters(lr=-1.0, names={"lr": "learning_rate"})
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid learning_rate: -1.0 (must satisfy learning_rate >= 0)
     """
     given = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eps": eps}
-    for name, value in given.items():
+    names = names or {}
+    for key, value in given.items():
         if value is _UNSET:
             continue
-        ok, rule = _RULES[name]
+        ok, rule = _RULES[key]
+        name = names.get(key, key)
+        rule = rule.replace(key, name)
         if not _is_real_number(value) and not _is_numpy_real(value):
             raise ValueError(f"Invalid {name}: {value!r} (must be a real number with {rule})")
         if not math.isfinite(float(value)) or not ok(float(value)):
             raise ValueError(f"Invalid {name}: {value!r} (must satisfy {rule})")
     if maximize is not _UNSET and not isinstance(maximize, bool):
-        raise ValueError(f"Invalid maximize: {maximize!r} (must be a bool)")
+        raise ValueError(f"Invalid {names.get('maximize', 'maximize')}: {maximize!r} (must be a bool)")
 
 
 def _is_numpy_real(value: Any) -> bool:

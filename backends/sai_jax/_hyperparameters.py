@@ -13,7 +13,6 @@ A hyperparameter of :func:`sai_jax.scale_by_sai` is one of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,10 +81,7 @@ def check_learning_rate(value: Any) -> None:
     if isinstance(value, jax.Array):
         _check_array("learning_rate", value)
         return
-    if not is_static_number(value) or not math.isfinite(float(value)) or float(value) < 0:
-        raise ValueError(
-            f"Invalid learning_rate: {value!r} (must be a finite real number >= 0 or an optax schedule)"
-        )
+    validate_hyperparameters(lr=value, names={"lr": "learning_rate"})
 
 
 def check_maximize(value: Any) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,15 +50,11 @@ __all__ = ["SGDSaI"]
 # sai_core names two hyperparameters differently from Keras; errors must name the argument the
 # user actually passed.
 _CORE_NAMES: dict[str, str] = {"learning_rate": "lr", "epsilon": "eps"}
+_KERAS_NAMES: dict[str, str] = {core: keras_name for keras_name, core in _CORE_NAMES.items()}
 
 
 def _validate(name: str, value: Any) -> None:
-    core_name = _CORE_NAMES.get(name, name)
-    try:
-        validate_hyperparameters(**{core_name: value})
-    except ValueError as error:
-        message = re.sub(rf"\b{core_name}\b", name, str(error))
-        raise ValueError(message) from None
+    validate_hyperparameters(**{_CORE_NAMES.get(name, name): value}, names=_KERAS_NAMES)
 
 
 @keras.saving.register_keras_serializable(package="sai_keras", name="SGDSaI")
