@@ -343,12 +343,20 @@ def update_param(
 
     .. math::
 
-        \\theta \\leftarrow \\theta - \\eta \\lambda \\theta, \\qquad
-        \\theta \\leftarrow \\theta - \\eta S m
+        \\theta \\leftarrow (1 - \\eta \\lambda) \\theta - (\\eta S) m
+
+    (decoupled decay from the step's ``lr``, unscaled by ``S``; the same as decaying first and
+    then stepping, with one rounding fewer.)
     """
     xp = _namespace(xp, param)
     dtype = compute_dtype(param, xp=xp)
-    theta = xp.astype(param, dtype)
-    theta = theta - lr * weight_decay * theta
-    theta = theta - (lr * xp.astype(scale, dtype)) * xp.astype(direction, dtype)
+    # Written as decay * theta - step * m, one rounding per product and one for the difference:
+    # the form that every fast path (foreach passes, the fused kernel) can reproduce exactly.
+    # An array lr (a float64 tensor, a traced value) forms both factors in its own dtype; they are
+    # cast to the compute dtype so that they never promote a 0-d parameter's update out of it.
+    decay = 1 - lr * weight_decay
+    if not isinstance(decay, (int, float)):
+        decay = xp.astype(decay, dtype)
+    step = xp.astype(lr * xp.astype(scale, dtype), dtype)
+    theta = decay * xp.astype(param, dtype) - step * xp.astype(direction, dtype)
     return xp.astype(theta, param.dtype)

@@ -17,10 +17,8 @@ import sai_torch._fused as fused_module  # noqa: E402
 from sai_torch import SGDSaI  # noqa: E402
 from torch_helpers import assert_normwise_close  # noqa: E402
 
-# float64 tolerance between paths: they round differently (a lerp against the reference's two
-# products and a sum; the decay as one factor 1 - lr*wd; addcmul against update_param), each within
-# a unit or two of 2**-53 per step; 7 steps of that stay far below 1e-13 relative.
-FLOAT64_RTOL = 1e-13
+# In float32 and float64 every path rounds where update_momentum and update_param round (one
+# rounding per product and per sum, no FMA contraction), so they agree bit for bit: no tolerance.
 
 SHAPES = ((), (1,), (7,), (5, 4), (300,))
 # Steps (0-based) at which a block has no gradient: the 0-d block first appears at step 2 (a late
@@ -37,6 +35,7 @@ PATH_CASES = [
     ("first buffer (1 - mu) g, pytorch-optimizer-4", {"preset": "pytorch-optimizer-4"}, None),
     ("no weight decay, momentum 0.99", {"weight_decay": 0.0, "momentum": 0.99}, None),
     ("tensor lr", {"lr": torch.tensor(0.02, dtype=torch.float64)}, None),
+    ("float32 tensor lr, maximize", {"lr": torch.tensor(0.02), "maximize": True}, None),
     ("two groups", {}, {"lr": 0.05, "momentum": 0.0, "weight_decay": 0.1, "eps": 1e-6, "maximize": True}),
 ]
 
@@ -44,9 +43,16 @@ PATHS = {
     "foreach": {"foreach": True},
     "foreach as on CUDA": {"foreach": True},  # CPU tiling off: the device-generic foreach ops
     "default": {},
-    "default, tensors of 16+ elements counted large": {},  # CPU: one addr_ per large tensor
+    "default, tensors of 16+ elements counted large": {},  # CPU: a large tensor is a tile of its own
     "fused": {"fused": True},
 }
+
+
+def _assert_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    assert got.dtype == want.dtype, what
+    differ = int((got != want).sum())
+    worst = float((got.double() - want.double()).abs().max()) if got.numel() else 0.0
+    assert differ == 0, f"{what}: {differ} of {got.numel()} elements differ (max abs {worst:.3g})"
 
 
 def _run(options: dict[str, Any], second_group: dict[str, Any] | None, path: dict[str, Any], dtype=torch.float64):
@@ -65,49 +71,68 @@ def _run(options: dict[str, Any], second_group: dict[str, Any] | None, path: dic
     return params, [opt.state.get(p, {}) for p in params]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize(
     ("options", "second_group"),
     [case[1:] for case in PATH_CASES],
     ids=[case[0] for case in PATH_CASES],
 )
-def test_path_equals_per_tensor_path_over_seven_float64_steps(
-    monkeypatch: pytest.MonkeyPatch, path: str, options, second_group
+def test_path_equals_per_tensor_path_bit_for_bit_over_seven_steps(
+    monkeypatch: pytest.MonkeyPatch, path: str, options, second_group, dtype: torch.dtype
 ) -> None:
-    expected_params, expected_state = _run(options, second_group, {"foreach": False})
+    expected_params, expected_state = _run(options, second_group, {"foreach": False}, dtype=dtype)
     if path == "foreach as on CUDA":
         monkeypatch.setattr(functional, "CPU_TILE_BYTES", None)
     if path == "default, tensors of 16+ elements counted large":
         monkeypatch.setattr(functional, "_PARALLEL_GRAIN", 16)
     with fused_module.set_min_numel(2):  # so that the fused path's kernel sees every block but ()/(1,)
-        params, state = _run(options, second_group, PATHS[path])
+        params, state = _run(options, second_group, PATHS[path], dtype=dtype)
     for block, (got, want) in enumerate(zip(params, expected_params)):
-        assert_normwise_close(got, want, FLOAT64_RTOL, f"{path}: params of block {block}")
+        _assert_equal(got, want, f"{path}: params of block {block}")
     for block, (got, want) in enumerate(zip(state, expected_state)):
         assert got.keys() == want.keys(), f"{path}: state entries of block {block}"
-        # S and M come from the same initialization code on every path: equal to the bit.
         assert got.get("scale") == want.get("scale")
         assert got.get("max_gsnr") == want.get("max_gsnr")
         if "momentum_buffer" in want:
-            assert_normwise_close(got["momentum_buffer"], want["momentum_buffer"], FLOAT64_RTOL, f"{path}: buffer {block}")
+            _assert_equal(got["momentum_buffer"], want["momentum_buffer"], f"{path}: buffer {block}")
 
 
+# Shapes for the low-precision comparison: the first is above the fused kernel's MIN_NUMEL (so the
+# compiled kernel runs, with a partial last row), the others take the multi-tensor path.
+LOW_PRECISION_SHAPES = ((300, 257), (257,), ())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
 @pytest.mark.parametrize("path", ["foreach", "foreach as on CUDA", "fused"])
-def test_bfloat16_paths_agree_with_per_tensor_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+@pytest.mark.parametrize(
+    "options", [{}, {"maximize": True}, {"lr": torch.tensor(0.01)}], ids=["defaults", "maximize", "tensor lr"]
+)
+def test_low_precision_paths_equal_per_tensor_path_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, path: str, dtype: torch.dtype, options: dict[str, Any]
+) -> None:
+    # Every path forms buffer and parameter in float32 with the per-tensor path's roundings and
+    # stores each once, so the stored low-precision values are the same (SPEC asks for one
+    # rounding per store on every path; the multi-tensor path computes through a float32 scratch).
     if path == "foreach as on CUDA":
         monkeypatch.setattr(functional, "CPU_TILE_BYTES", None)
-    expected_params, expected_state = _run({}, None, {"foreach": False}, dtype=torch.bfloat16)
-    with fused_module.set_min_numel(2):
-        params, state = _run({}, None, PATHS[path], dtype=torch.bfloat16)
-    for got, want in zip(params, expected_params):
-        assert got.dtype == torch.bfloat16
-        # Every path rounds the stored parameter and buffer once per step (float32 arithmetic),
-        # but after different float32 operations (lerp, the kernel's products, the literal
-        # path's mu * m + (1 - mu) * g), so a stored element may land one bfloat16 unit (2**-8
-        # relative to the block's largest element) apart: the conformance suite's bfloat16
-        # one-step tolerance, 8e-3, covers it.
-        assert_normwise_close(got, want, 8e-3, f"{path}: bfloat16 params")
-    assert [s.get("scale") for s in state] == [s.get("scale") for s in expected_state]
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=generator, dtype=torch.float64).to(dtype) for s in LOW_PRECISION_SHAPES]
+    reference = [torch.nn.Parameter(t.clone()) for t in start]
+    other = [torch.nn.Parameter(t.clone()) for t in start]
+    ref_opt = SGDSaI(reference, **options, foreach=False)
+    other_opt = SGDSaI(other, **options, **PATHS[path])
+    for _ in range(6):
+        for i, (p, q) in enumerate(zip(reference, other)):
+            p.grad = (torch.randn(p.shape, generator=generator, dtype=torch.float64) + 0.3 * i).to(dtype)
+            q.grad = p.grad.clone()
+        ref_opt.step()
+        other_opt.step()
+    for block, (p, q) in enumerate(zip(reference, other)):
+        _assert_equal(q.detach(), p.detach(), f"{path}: {dtype} params of block {block}")
+        _assert_equal(
+            other_opt.state[q]["momentum_buffer"], ref_opt.state[p]["momentum_buffer"], f"{path}: {dtype} buffer {block}"
+        )
 
 
 TILE_CASES = [
@@ -117,8 +142,12 @@ TILE_CASES = [
     ("small tensors share tiles", 4096, 1024),
 ]
 @pytest.mark.parametrize(("tile_bytes", "small_tile_bytes"), [case[1:] for case in TILE_CASES], ids=[case[0] for case in TILE_CASES])
-@pytest.mark.parametrize("options", [{}, {"maximize": True}, {"momentum": 0.0}], ids=["defaults", "maximize", "momentum 0"])
-def test_cache_tiling_changes_only_roundings(
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"maximize": True}, {"momentum": 0.0}, {"lr": torch.tensor(0.02)}],
+    ids=["defaults", "maximize", "momentum 0", "tensor lr"],
+)
+def test_cache_tiling_changes_nothing(
     monkeypatch: pytest.MonkeyPatch, tile_bytes: int, small_tile_bytes: int, options
 ) -> None:
     untiled_params, untiled_state = _run(options, None, {"foreach": True})
@@ -126,14 +155,13 @@ def test_cache_tiling_changes_only_roundings(
     monkeypatch.setattr(functional, "CPU_SMALL_TILE_BYTES", small_tile_bytes)
     monkeypatch.setattr(functional, "_PARALLEL_GRAIN", 16)  # so that SHAPES has large tensors
     tiled_params, tiled_state = _run(options, None, {"foreach": True})
-    # CPU kernels round a vectorized body and a scalar tail differently (the compiler contracts
-    # the tail's a*b + c into one FMA), and tile boundaries move elements between the two: a unit
-    # of 2**-53 per step at most, well inside FLOAT64_RTOL.
+    # Tile boundaries move elements between a kernel's vectorized body and its scalar tail; the
+    # kernels used round both alike (no FMA contraction), so tiling changes no bit.
     for got, want in zip(tiled_params, untiled_params):
-        assert_normwise_close(got, want, FLOAT64_RTOL, "params")
+        _assert_equal(got, want, "params")
     for got, want in zip(tiled_state, untiled_state):
         if "momentum_buffer" in want:
-            assert_normwise_close(got["momentum_buffer"], want["momentum_buffer"], FLOAT64_RTOL, "buffers")
+            _assert_equal(got["momentum_buffer"], want["momentum_buffer"], "buffers")
 
 
 LAYOUT_CASES = [
@@ -160,7 +188,7 @@ def test_non_contiguous_parameters_match_the_per_tensor_path(path: str, make) ->
             )
             opt.step()
         results.append(param)
-    assert_normwise_close(results[1], results[0], FLOAT64_RTOL, f"{path}: params")
+    _assert_equal(results[1], results[0], f"{path}: params")
 
 
 GRAIN = functional._PARALLEL_GRAIN

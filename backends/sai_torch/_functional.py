@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat.torch as xp
+import numpy as np
 import torch
 from torch.optim.optimizer import Optimizer
 
@@ -53,13 +54,15 @@ _PARALLEL_GRAIN = 32768
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def _tile_numel(device: torch.device | None, dtype: torch.dtype) -> int | None:
+def _tile_numel(device: torch.device | None, dtype: torch.dtype, tensor_lr: bool = False) -> int | None:
     """Elements per chunk of a large tensor; ``None`` (no tiling) where kernels stream memory
     themselves (CUDA, or under torch.compile, where Inductor fuses the passes).
 
-    Low-precision tensors are always tiled: a tile is the extent of their float32 scratch.
+    Low-precision tensors are always tiled: a tile is the extent of their float32 scratch. So are
+    tensors stepped by a tensor ``lr`` (outside compile): their products ``lr S m`` are formed
+    before the sum, one tile at a time.
     """
-    if dtype in _LOW_PRECISION:
+    if dtype in _LOW_PRECISION or (tensor_lr and device is not None):
         return SCRATCH_BYTES // 4
     if device is None or device.type != "cpu" or CPU_TILE_BYTES is None:
         return None
@@ -149,6 +152,17 @@ def sgd_sai(
     )
 
 
+def _tensor_lr_steps(lr: Tensor, scales: Sequence[float], compute: torch.dtype) -> Tensor:
+    """Each tensor's step ``lr * S`` for a tensor ``lr``, rounded as :func:`sai_core.update_param` rounds it.
+
+    There ``S`` is cast to the compute dtype and multiplied by the 0-d ``lr`` in the wider of the
+    two dtypes, then cast to the compute dtype: here the same for all tensors in one kernel.
+    """
+    wide = torch.promote_types(lr.dtype, compute)
+    values = torch.tensor(scales, dtype=compute, device=lr.device).to(wide)
+    return (values * lr.to(wide)).to(compute)
+
+
 def _new_buffer(grad: Tensor) -> Tensor:
     # Created on the gradient as given (a DTensor stays a DTensor, so checkpointing and resharding
     # see the same layout as the parameter) and filled through its local view.
@@ -226,26 +240,29 @@ def _tile_bounds(numels: list[int], tile_numel: int | None, small_tile_numel: in
     return bounds
 
 
-def _split_large(columns: list[list[Any]], numels: list[int], tile_numel: int) -> tuple[list[list[Any]], list[int]]:
+def _split_large(
+    columns: list[list[Any]], numels: list[int], tile_numel: int, operands: int = 3
+) -> tuple[list[list[Any]], list[int]]:
     """Replaces every tensor longer than a tile by aligned flat chunks (views) in all columns.
 
-    ``columns`` holds the rows' operands (param, grad, buffer) and per-tensor values (alpha, kind);
-    tensors that are not contiguous are left whole.
+    The first ``operands`` columns hold the rows' operands (param, grad, buffer), which are cut;
+    the others hold per-row values (alpha, kind: a 0-d tensor alpha included), which are
+    repeated. Rows whose operands are not all contiguous are left whole.
     """
     out: list[list[Any]] = [[] for _ in columns]
     out_numels: list[int] = []
     for row, n in enumerate(numels):
         values = [column[row] for column in columns]
-        tensors = [v for v in values if isinstance(v, Tensor)]
+        tensors = values[:operands]
         if n <= tile_numel or not all(t.is_contiguous() for t in tensors):
             for column, value in zip(out, values):
                 column.append(value)
             out_numels.append(n)
             continue
-        flats = {id(t): t.view(-1) for t in tensors}
+        flats = [t.view(-1) for t in tensors]
         for start in range(0, n, tile_numel):
-            for column, value in zip(out, values):
-                column.append(flats[id(value)][start : start + tile_numel] if isinstance(value, Tensor) else value)
+            for k, (column, value) in enumerate(zip(out, values)):
+                column.append(flats[k][start : start + tile_numel] if k < operands else value)
             out_numels.append(min(tile_numel, n - start))
     return out, out_numels
 
@@ -281,17 +298,21 @@ def _multi_tensor_sgd_sai(
             device, dtype = device_params[0].device, device_params[0].dtype
             tile_numel = _tile_numel(None, dtype)
         else:
-            tile_numel = _tile_numel(device, dtype)
+            tile_numel = _tile_numel(device, dtype, tensor_lr=_is_device_tensor(lr))
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
         if _is_device_tensor(lr):
-            # A tensor lr stays on the device: it enters the update as a tensor factor and the
-            # decay as a 0-d tensor, so its value is never read on the host.
-            lr_factor: Tensor = lr.to(device=device)  # type: ignore[union-attr]
-            decay: float | Tensor = 1.0 - lr_factor * weight_decay
-            step_size = 1.0
+            # A tensor lr stays on the device: the decay and each step lr * S are 0-d tensors
+            # formed as update_param forms them (same operands, same promotion), so its value is
+            # never read on the host.
+            lr_tensor: Tensor = lr.to(device=device)  # type: ignore[union-attr]
+            decay: float | Tensor = (1.0 - lr_tensor * weight_decay).to(compute)
+            steps: list[float] | list[Tensor] = list(_tensor_lr_steps(lr_tensor, [scales[i] for i in indices], compute).unbind())
         else:
-            lr_factor = torch.ones((), dtype=dtype, device=device)
             decay = 1.0 - lr * weight_decay  # type: ignore[operator]
-            step_size = float(lr)  # type: ignore[arg-type]
+            # lr * S in the compute dtype, as update_param computes it (an IEEE product on the
+            # host: the same rounding), as Python floats that every kernel takes exactly.
+            host = np.float64 if compute == torch.float64 else np.float32
+            steps = (np.asarray([scales[index] for index in indices], dtype=host) * host(lr)).tolist()
         kinds = [_STEADY] * len(indices)
         buffers: list[Tensor] = []
         for k, (buffer, grad, index) in enumerate(zip(device_buffers, device_grads, indices)):
@@ -302,11 +323,10 @@ def _multi_tensor_sgd_sai(
                 kinds[k] = _NONE
                 buffer = grad  # placeholder: a _NONE row's buffer is never touched
             buffers.append(buffer)
-        # alpha multiplies the direction: -lr S for a buffer; for a raw gradient the sign of
-        # maximize is folded in here instead of negating (and allocating) the gradient.
-        alphas = [-step_size * scales[index] for index in indices]
-        if maximize:
-            alphas = [-a if kind == _NONE else a for a, kind in zip(alphas, kinds)]
+        # The factor of each direction: -lr S, with the sign of maximize folded in for a raw
+        # gradient (momentum 0, no buffer) instead of negating (and allocating) the gradient.
+        flips = [maximize and kind == _NONE for kind in kinds]
+        alphas: list[Any] = [step if flip else -step for step, flip in zip(steps, flips)]
         columns: list[list[Any]] = [local_all(device_params), local_all(device_grads), local_all(buffers), alphas, kinds]
         numels = [t.numel() for t in columns[0]]
         if dtype in _LOW_PRECISION and tile_numel is not None:
@@ -320,15 +340,12 @@ def _multi_tensor_sgd_sai(
             largest_tile = max(sum(numels[start:end]) for start, end in bounds)
             scratch = torch.empty(largest_tile, dtype=torch.float32, device=device)
         update = _Update(
-            # One op per tensor for theta <- decay theta + alpha m where the scalars can be host
-            # numbers and each op is a full kernel call anyway (CPU, not under compile).
-            axpby=tile_numel is not None and device.type == "cpu" and not _is_device_tensor(lr) and scratch is None,
             all_steady=all(kind == _STEADY for kind in kinds),
             momentum=momentum,
             maximize=maximize,
             first_coefficient=first_coefficient,
             decay=decay,
-            lr_factor=lr_factor,
+            one=torch.ones((), dtype=compute, device=device),
             scratch=scratch,
         )
         for start, end in bounds:
@@ -336,31 +353,39 @@ def _multi_tensor_sgd_sai(
 
 
 class _Update:
-    """The passes over one tile; constant across the tiles of a (device, dtype) bucket."""
+    """The passes over one tile; constant across the tiles of a (device, dtype) bucket.
+
+    In float32 and float64 the passes round exactly where :func:`sai_core.update_momentum` and
+    :func:`sai_core.update_param` do, one rounding per product and per sum: ``mu m``, ``w g``,
+    their sum; ``decay theta``, ``lr S m``, their difference. So this path equals the per-tensor
+    path bit for bit. That rules out the kernels that contract a product and a sum into one FMA
+    (``add`` with ``alpha``, ``lerp``, and ``addr`` in its scalar tail); ``addcmul`` with the
+    scalar as ``value`` and a second factor of exactly 1 rounds ``value * t1`` and then the sum.
+    """
 
     def __init__(
         self,
         *,
-        axpby: bool,
         all_steady: bool,
         momentum: float,
         maximize: bool,
         first_coefficient: float,
         decay: float | Tensor,
-        lr_factor: Tensor,
+        one: Tensor,
         scratch: Tensor | None,
     ) -> None:
-        self.axpby = axpby
         self.all_steady = all_steady
         self.momentum = momentum
+        # The gradient's weight in a steady buffer update, the sign of maximize folded in.
+        self.grad_weight = -(1.0 - momentum) if maximize else 1.0 - momentum
         self.maximize = maximize
         self.first_coefficient = first_coefficient
         self.decay = decay
-        self.lr_factor = lr_factor
+        self.one = one  # 0-d 1 in the tile's dtype: the exact second factor of addcmul
         self.scratch = scratch
 
     def apply(
-        self, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor], alphas: list[float], kinds: list[int]
+        self, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor], alphas: list[Any], kinds: list[int]
     ) -> None:
         if self.all_steady:
             steady, steady_grads, directions = buffers, grads, buffers
@@ -373,56 +398,59 @@ class _Update:
                 if self.first_coefficient != 1.0:
                     torch._foreach_mul_(fresh, self.first_coefficient)
             directions = [g if kind == _NONE else m for g, m, kind in zip(grads, buffers, kinds)]
-        if steady:
-            if self.maximize:
-                # m <- mu m - (1 - mu) g = -lerp(-m, g, 1 - mu): negations are exact, so the buffer
-                # is rounded once, as without maximize, and -g is never materialized.
-                torch._foreach_neg_(steady)
-                torch._foreach_lerp_(steady, steady_grads, 1.0 - self.momentum)
-                torch._foreach_neg_(steady)
-            else:
-                torch._foreach_lerp_(steady, steady_grads, 1.0 - self.momentum)
+        if steady and self.scratch is not None:
+            # Low precision: mu m + w g in float32 in the scratch, as the per-tensor path forms
+            # it, then stored (rounded) once.
+            views = self._scratch_views(steady)
+            torch._foreach_copy_(views, steady)
+            torch._foreach_mul_(views, self.momentum)
+            torch._foreach_addcmul_(views, steady_grads, [self.one] * len(views), value=self.grad_weight)
+            torch._foreach_copy_(steady, views)
+        elif steady:
+            torch._foreach_mul_(steady, self.momentum)
+            torch._foreach_addcmul_(steady, steady_grads, [self.one] * len(steady), value=self.grad_weight)
         if self.scratch is None:
             self._update_in_place(params, directions, alphas)
         else:
             self._update_through_scratch(params, directions, alphas)
 
-    def _update_in_place(self, params: list[Tensor], directions: list[Tensor], alphas: list[float]) -> None:
+    def _scratch_views(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Consecutive float32 views of the scratch shaped as ``tensors``."""
+        assert self.scratch is not None
+        views: list[Tensor] = []
+        offset = 0
+        for t in tensors:
+            views.append(self.scratch[offset : offset + t.numel()].view(t.shape))
+            offset += t.numel()
+        return views
+
+    def _update_in_place(self, params: list[Tensor], directions: list[Tensor], alphas: list[Any]) -> None:
         decay = self.decay
-        if self.axpby and len(params) == 1 and params[0].is_contiguous() and directions[0].is_contiguous():
-            # A large tensor (or chunk) is a tile of its own. addr_ on its (n, 1) view computes
-            # beta * theta + alpha * m * 1 in one pass, torch's only elementwise axpby: one
-            # parallel region instead of a decay pass and an update pass (each region's fork/join
-            # costs, more so when other processes hold the cores). Tiles of small tensors keep the
-            # two foreach passes below: there one op per tensor from Python would cost more.
-            (theta,), (direction,), (alpha,) = params, directions, alphas
-            theta.view(-1, 1).addr_(direction.view(-1), self.lr_factor.view(1), beta=decay, alpha=alpha)
-            return
         if isinstance(decay, Tensor) or decay != 1.0:
             torch._foreach_mul_(params, decay)
-        # theta <- theta + alpha_i * m_i * lr_factor, one alpha per tensor. torch has no foreach
-        # axpy with per-tensor alphas; addcmul's ScalarList form is one, with a 0-d second factor
-        # (1, or the lr tensor) that broadcasts. Multiplying by exactly 1 changes no rounding.
-        torch._foreach_addcmul_(params, directions, [self.lr_factor] * len(params), alphas)
+        if isinstance(alphas[0], Tensor):
+            # A tensor lr: alpha is a 0-d device tensor per tensor. addcmul with it as a factor
+            # contracts the product and the sum into one FMA, so the products are formed first
+            # (temporaries of one tile: tensor-lr buckets are always tiled).
+            torch._foreach_add_(params, torch._foreach_mul(directions, alphas))
+            return
+        # theta <- theta + alpha_i * m_i, one alpha per tensor. torch has no foreach axpy with
+        # per-tensor alphas; addcmul's ScalarList form is one, with the 0-d second factor 1.
+        torch._foreach_addcmul_(params, directions, [self.one] * len(params), alphas)
 
-    def _update_through_scratch(self, params: list[Tensor], directions: list[Tensor], alphas: list[float]) -> None:
-        # Low precision: the whole change, alpha m - lr wd theta, is formed in float32 and added
-        # to the parameter in one op, so the stored parameter is rounded once, as the spec asks
-        # (updates of low-precision blocks in float32, rounded once when stored), not per pass.
-        assert self.scratch is not None
-        changes: list[Tensor] = []
-        offset = 0
-        for p in params:
-            changes.append(self.scratch[offset : offset + p.numel()].view(p.shape))
-            offset += p.numel()
-        torch._foreach_copy_(changes, directions)
-        torch._foreach_mul_(changes, alphas)
+    def _update_through_scratch(self, params: list[Tensor], directions: list[Tensor], alphas: list[Any]) -> None:
+        # Low precision: decay theta + alpha m is formed in float32 in the scratch, with the
+        # roundings of the float32 path, and stored once, as the spec asks (updates of
+        # low-precision blocks in float32, rounded once when stored), not once per pass.
+        views = self._scratch_views(params)
+        torch._foreach_copy_(views, params)
         decay = self.decay
-        if isinstance(decay, Tensor):  # a tensor lr: alphas hold -S, lr is a factor of its own
-            torch._foreach_mul_(changes, self.lr_factor)
-        if isinstance(decay, Tensor):
-            torch._foreach_addcmul_(changes, params, [decay - 1.0] * len(params), 1.0)
-        elif decay != 1.0:
-            torch._foreach_add_(changes, params, alpha=decay - 1.0)
-        torch._foreach_add_(params, changes)
-
+        if isinstance(decay, Tensor) or decay != 1.0:
+            torch._foreach_mul_(views, decay)
+        if isinstance(alphas[0], Tensor):
+            for view, direction, alpha in zip(views, directions, alphas):
+                # The product in float32 first (a low-precision operand would keep it low).
+                view.add_(direction.to(view.dtype) * alpha)
+        else:
+            torch._foreach_addcmul_(views, directions, [self.one] * len(views), alphas)
+        torch._foreach_copy_(params, views)

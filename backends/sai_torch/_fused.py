@@ -25,7 +25,7 @@ import torch
 import torch._inductor.config as inductor_config
 import torch.fx.experimental._config as fx_config
 
-from ._functional import _group, _is_device_tensor, _multi_tensor_sgd_sai
+from ._functional import _group, _is_device_tensor, _multi_tensor_sgd_sai, _tensor_lr_steps
 from ._tensors import local
 
 __all__ = ["MAX_BATCH", "MIN_NUMEL", "ROW", "min_numel", "set_min_numel"]
@@ -200,10 +200,16 @@ def _fused_sgd_sai(
     for (device, dtype), ((device_params, device_grads, device_buffers), indices) in grouped.items():
         compute = _compute_dtype(dtype)
         # One small host-to-device copy per step and device: every tensor's S.
-        step_scales = torch.tensor([scales[selected[i]] for i in indices], dtype=compute, device=device)
-        lr_value: Any = lr.to(device=device, dtype=compute) if _is_device_tensor(lr) else lr
-        step_scales *= lr_value
-        decay = 1.0 - lr_value * weight_decay
+        # lr * S and 1 - lr wd rounded as update_param rounds them (the lr's dtype, then compute).
+        selected_scales = [scales[selected[i]] for i in indices]
+        if _is_device_tensor(lr):
+            lr_tensor = lr.to(device=device)  # type: ignore[union-attr]
+            step_scales = _tensor_lr_steps(lr_tensor, selected_scales, compute)
+            decay: Any = (1.0 - lr_tensor * weight_decay).to(compute)
+        else:
+            step_scales = torch.tensor(selected_scales, dtype=compute, device=device)
+            step_scales *= lr
+            decay = 1.0 - lr * weight_decay  # type: ignore[operator]
         for start in range(0, len(indices), MAX_BATCH):
             thetas = [local(p) for p in device_params[start : start + MAX_BATCH]]
             gs = [local(g) for g in device_grads[start : start + MAX_BATCH]]
