@@ -80,7 +80,7 @@ def check_names(config: str) -> list[str]:
     if config == "jax-x64":
         return [n for n in v2 if not n.startswith("overflow_statistic")]  # float32 only: done by "jax"
     names = ["doctests", "docs_example", "namespace_contract", "runner_discovery", "validation_errors"]
-    names += ["defaults", "config_round_trip"] + v2
+    names += ["defaults", "config_round_trip", "optimizer_by_name"] + v2
     names += [f"{name}[{mode}]" for name in FAULT_CHECKS for mode in APPLY_MODES[backend]]
     if backend in SPARSE_BACKENDS:
         names += [f"sparse_gradient_equals_dense[{mode}]" for mode in APPLY_MODES[backend]]
@@ -402,6 +402,49 @@ def check_config_round_trip() -> _Result:
     ok = ok and config["std_correction"] == 0 and config["normalize"] == "max" and config["name"] == "custom_sai"
     ok = ok and config["zero_gradient"] == "degenerate" and config["preset"] == "paper"
     return _Result(ok, f"config {config}")
+
+
+def check_optimizer_by_name() -> _Result:
+    """``"sgd_sai"`` and ``"sai_keras>SGDSaI"`` resolve as Keras's built-in names do, in
+    ``keras.optimizers.get`` and ``model.compile``; saving still writes the registered name."""
+    import keras
+    import numpy as np
+
+    from sai_keras import SGDSaI
+
+    problems = []
+    defaults = {k: v for k, v in SGDSaI().get_config().items() if k != "name"}  # names are numbered
+    for identifier in ("sgd_sai", "sai_keras>SGDSaI"):
+        optimizer = keras.optimizers.get(identifier)
+        if type(optimizer) is not SGDSaI:
+            problems.append(f"get({identifier!r}) gave {type(optimizer).__name__}")
+        elif {k: v for k, v in optimizer.get_config().items() if k != "name"} != defaults:
+            problems.append(f"get({identifier!r}) is not SGDSaI() with the defaults: {optimizer.get_config()}")
+    configured = keras.optimizers.get({"class_name": "sgd_sai", "config": {"learning_rate": 0.25, "preset": "paper"}})
+    if configured.get_config()["learning_rate"] != 0.25 or configured.get_config()["preset"] != "paper":
+        problems.append(f"get(dict) lost its config: {configured.get_config()}")
+    registered = keras.optimizers.serialize(configured)["registered_name"]
+    if registered != "sai_keras>SGDSaI":
+        problems.append(f"serialize writes registered_name {registered!r}")
+    # Keras's own names are untouched (the torch backend substitutes its own SGD subclass).
+    if not isinstance(keras.optimizers.get("sgd"), keras.optimizers.SGD):
+        problems.append("get('sgd') is no longer Keras's SGD")
+    # Compiling with the name trains exactly as compiling with an instance.
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((8, 3)).astype("float32"), rng.standard_normal((8, 2)).astype("float32")
+    kernel, bias = rng.standard_normal((3, 2)).astype("float32"), np.zeros(2, "float32")
+    weights = {}
+    for label, optimizer in (("name", "sgd_sai"), ("instance", SGDSaI())):
+        model = _linear_model(kernel, bias, optimizer)
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        weights[label] = model.get_weights()
+        if type(model.optimizer) is not SGDSaI or not all(_np(f) for f in model.optimizer.initialized):
+            problems.append(f"compile({optimizer!r}): optimizer {type(model.optimizer).__name__}, not initialized")
+    if np.array_equal(weights["name"][0], kernel):
+        problems.append("compile('sgd_sai') did not train")
+    if not all(np.array_equal(a, b) for a, b in zip(weights["name"], weights["instance"])):
+        problems.append("compile('sgd_sai') and compile(SGDSaI()) trained differently")
+    return _Result(not problems, "; ".join(problems) or "get/compile by name = SGDSaI(); saved as sai_keras>SGDSaI")
 
 
 def check_absent_gradient_none_equals_subset() -> _Result:
@@ -1309,6 +1352,7 @@ def run(config: str, only: str | None) -> dict[str, Any]:
         "validation_errors": check_validation_errors,
         "defaults": check_defaults,
         "config_round_trip": check_config_round_trip,
+        "optimizer_by_name": check_optimizer_by_name,
         "absent_gradient_none_equals_subset": check_absent_gradient_none_equals_subset,
         "bfloat16_statistics_in_float32": check_bfloat16_statistics_in_float32,
         "gsnr_evaluated_once_per_variable": check_gsnr_evaluated_once_per_variable,

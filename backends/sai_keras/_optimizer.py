@@ -581,3 +581,11 @@ def _exclusion_names(names: Any) -> list[str]:
         )
     return list(names)
 
+
+# The short name Keras resolves like its built-ins' "adam" and "sgd": keras.optimizers.get (which
+# model.compile calls on a string) looks the string up in Keras's own table and then in the global
+# custom-object registry, where the decorator above put "sai_keras>SGDSaI". That registry, filled
+# through keras.saving.get_custom_objects(), is Keras's public way to add a name; serialization
+# still writes the registered name, so a saved model never depends on this alias.
+_SHORT_NAME = "sgd_sai"
+keras.saving.get_custom_objects()[_SHORT_NAME] = SGDSaI

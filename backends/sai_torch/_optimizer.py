@@ -56,6 +56,25 @@ def _validate_flag(name: str, value: Any) -> None:
         raise ValueError(f"Invalid {name}: {value!r} (must be None, True or False)")
 
 
+# torch.optim keywords accepted for compatibility with code written for torch.optim, whose only
+# supported value is False, and why True is refused (docs/torch.md, "torch.optim keywords").
+_FALSE_ONLY_FLAGS: dict[str, str] = {
+    "differentiable": (
+        "step() runs under torch.no_grad and each tensor's scale is a Python float fixed at its first "
+        "gradient, so autograd cannot differentiate through the update"
+    ),
+    "capturable": (
+        "a step that initializes a tensor reads its g-SNR on the host, which CUDA graph capture "
+        "forbids (steady steps already do no host sync without it)"
+    ),
+}
+
+
+def _validate_false_only(name: str, value: Any) -> None:
+    if value is not False:
+        raise ValueError(f"Invalid {name}: {value!r} (SGDSaI supports only {name}=False: {_FALSE_ONLY_FLAGS[name]})")
+
+
 # The keys every parameter group holds (torch.optim fills them from ``defaults`` when a group is
 # added; a group edited afterwards, or loaded from a foreign checkpoint, may lack one).
 _GROUP_KEYS = ("lr", "momentum", "weight_decay", "eps", "maximize", "foreach", "fused")
@@ -77,6 +96,8 @@ def _validate_group(group: dict[str, Any], *, check_lr: bool = True, index: int 
     )
     _validate_flag("foreach", group["foreach"])
     _validate_flag("fused", group["fused"])
+    for name in _FALSE_ONLY_FLAGS.keys() & group.keys():  # a group copied from a torch.optim optimizer
+        _validate_false_only(name, group[name])
     if group["foreach"] and group["fused"]:
         raise ValueError("Invalid foreach/fused: foreach=True and fused=True cannot be combined")
 
@@ -157,13 +178,18 @@ class SGDSaI(Optimizer):
         foreach: multi-tensor path (``None``: yes on every device; ``False``: the per-tensor path
             built on ``sai_core``'s functions).
         fused: the compiled single-pass kernel (``torch.compile``; compiles on first use).
+        capturable: accepted for torch.optim compatibility; only ``False`` (CUDA graph capture
+            is not supported: the step that initializes a tensor reads its g-SNR on the host).
+        differentiable: accepted for torch.optim compatibility; only ``False`` (the step is not
+            differentiable: it runs under ``torch.no_grad`` with host-side scales).
         **knob_overrides: ``snr``, ``normalize``, ``std_correction``, ``degenerate``,
             ``vector_rule``, ``momentum_init``, ``zero_gradient``, overriding the preset's values.
 
     Raises:
-        ValueError: an invalid hyperparameter, preset or knob value, or a parameter that is not
-            real floating point (the message names it); at ``step()``, a group whose value was
-            changed to an invalid one or that lacks a key.
+        ValueError: an invalid hyperparameter, preset or knob value, ``capturable`` or
+            ``differentiable`` other than ``False`` (also in a parameter group), or a parameter
+            that is not real floating point (the message names it); at ``step()``, a group whose
+            value was changed to an invalid one or that lacks a key.
         TypeError: a keyword that is neither an argument nor a knob.
         RuntimeError: at ``step()``, a gradient it cannot use (sparse, integer, bool, complex) or a
             tensor it cannot initialize (a meta tensor). A step that raises changes nothing.
@@ -196,9 +222,13 @@ class SGDSaI(Optimizer):
         maximize: bool = DEFAULT_HYPERPARAMETERS["maximize"],
         foreach: bool | None = None,
         fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         **knob_overrides: Any,
     ) -> None:
         self.config: SaIConfig = resolve_config(preset, **knob_overrides)
+        _validate_false_only("capturable", capturable)
+        _validate_false_only("differentiable", differentiable)
         # Tensors whose non-finite first gradient was already reported (by id; not optimizer
         # state: a restored optimizer may warn once more).
         self._warned_nonfinite: set[int] = set()
