@@ -298,6 +298,8 @@ def scale_from_gsnr(
     """
     if config.normalize == "none":
         return gsnr_value
+    if max_gsnr is None:
+        raise ValueError(f"scale_from_gsnr: max_gsnr=None with normalize={config.normalize!r} (needs M)")
     xp = _namespace(xp, gsnr_value, max_gsnr)
     positive = max_gsnr > 0
     one = xp.asarray(1.0, dtype=compute_dtype(gsnr_value, xp=xp))

@@ -99,7 +99,7 @@ class ReferenceSGDSaI:
         self.config: SaIConfig = resolve_config(preset, **knob_overrides)
         self.xp = np if xp is None else xp
         self.dtype = self.xp.float64 if dtype is None else dtype
-        defaults = {
+        defaults: dict[str, Any] = {
             "lr": lr,
             "momentum": momentum,
             "weight_decay": weight_decay,

@@ -256,7 +256,7 @@ def sgd_sai_groups(
     knob_overrides = unpack_knob_overrides(knob_overrides)
 
     def per_leaf(key: str):
-        def values(tree: Any) -> Any:
+        def values(tree: Any) -> Any:  # also carries .choices (below)
             labels = param_labels(tree) if callable(param_labels) else param_labels
 
             def lookup(label: Hashable) -> Any:
@@ -269,7 +269,7 @@ def sgd_sai_groups(
         # The values this can return (scale_by_sai reads them when it cannot call it: the state
         # optax.tree_map_params builds from a placeholder keeps a momentum buffer iff a leaf may).
         used = settings if callable(param_labels) else {l: settings[l] for l in jax.tree.leaves(param_labels) if l in settings}
-        values.choices = tuple(group[key] for group in used.values())
+        values.choices = tuple(group[key] for group in used.values())  # type: ignore[attr-defined]
         return values
 
     inner = {

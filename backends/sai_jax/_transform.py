@@ -63,7 +63,7 @@ class ScaleBySaIState(NamedTuple):
             no leaf keeps a buffer.
     """
 
-    count: jax.Array  # shape=(), dtype=int32
+    count: jax.Array  # type: ignore[assignment]  # shape=(), dtype=int32 (shadows tuple.count, as in optax's states)
     max_gsnr: jax.Array  # shape=(), dtype=float32 (float64 when any leaf is float64)
     scale: optax.Updates  # tree like params; leaves shape=(), dtype=float32 (float64 for float64 leaves)
     initialized: optax.Updates  # tree like params; leaves shape=(), dtype=bool
@@ -316,7 +316,8 @@ def scale_by_sai(
         if _is_tree_map_params_placeholder(params):
             return _placeholder_state(params, _keeps_any_buffer(momentum, []))
         check_real_floating("parameter", params)
-        leaves, treedef = jax.tree.flatten(params)
+        leaves, treedef_ = jax.tree.flatten(params)
+        treedef: Any = treedef_  # jax.tree_util.PyTreeDef: its stub is not visible to mypy
         momenta = leaf_values("momentum", momentum, params, treedef)
         if leaves:  # values a per-leaf callable returns are checked here, once
             check_numeric("momentum", momenta)
@@ -345,7 +346,8 @@ def scale_by_sai(
         # Step 0: every check below raises before anything is computed (and the caller's state
         # is immutable), so a failed update leaves parameters and state exactly as they were.
         check_real_floating("gradient", updates)
-        grads, treedef = jax.tree.flatten(updates)
+        grads, treedef_ = jax.tree.flatten(updates)
+        treedef: Any = treedef_
         try:
             old_scales = treedef.flatten_up_to(state.scale)
             old_initialized = treedef.flatten_up_to(state.initialized)
@@ -386,7 +388,8 @@ def scale_by_sai(
         else:  # no leaf can ever initialize (no leaves, or only zero-size ones)
             scales, initialized, init_now, max_gsnr = keep(operands)
 
-        new_updates, new_buffers = [], []
+        new_updates: list[jax.Array] = []
+        new_buffers: list[jax.Array | None] = []
         for g, buffer, mu, scale, now, done in zip(grads, old_buffers, momenta, scales, init_now, initialized):
             dtype = compute_dtype(g, xp=jnp)
             mu = jnp.asarray(mu, dtype)

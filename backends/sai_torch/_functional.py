@@ -21,7 +21,7 @@ Python floats so that a steady step never waits for the device. A ``DTensor`` is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import array_api_compat.torch as xp
 import numpy as np
@@ -181,7 +181,7 @@ def _single_tensor_sgd_sai(
     maximize: bool,
     momentum_init: str,
 ) -> None:
-    config = SaIConfig(momentum_init=momentum_init)  # the only knob the update reads
+    config = SaIConfig(momentum_init=cast(Any, momentum_init))  # the only knob the update reads
     for i, (param, grad) in enumerate(zip(params, grads)):
         g = local(grad)
         if maximize:
@@ -192,7 +192,7 @@ def _single_tensor_sgd_sai(
         # once, when stored, as on every path (the spec's rule for low-precision updates).
         compute = compute_dtype(g, xp=xp)
         direction = update_momentum(
-            None if first else local(buffer).to(compute),
+            None if buffer is None else local(buffer).to(compute),
             g.to(compute),
             momentum=momentum,
             first=first,
@@ -203,7 +203,7 @@ def _single_tensor_sgd_sai(
             # With momentum 0 no buffer is created; an existing one keeps being updated.
             if first:
                 buffer = momentum_buffers[i] = _new_buffer(grad)
-            stored = local(buffer)
+            stored = local(cast(Tensor, buffer))
             stored.copy_(direction)
             direction = stored
         # The scale travels as a host 0-d tensor: update_param casts it to the compute dtype, and
@@ -306,13 +306,14 @@ def _multi_tensor_sgd_sai(
             # never read on the host.
             lr_tensor: Tensor = lr.to(device=device)  # type: ignore[union-attr]
             decay: float | Tensor = (1.0 - lr_tensor * weight_decay).to(compute)
-            steps: list[float] | list[Tensor] = list(_tensor_lr_steps(lr_tensor, [scales[i] for i in indices], compute).unbind())
+            steps: list[Any] = list(_tensor_lr_steps(lr_tensor, [scales[i] for i in indices], compute).unbind())
         else:
-            decay = 1.0 - lr * weight_decay  # type: ignore[operator]
+            decay = 1.0 - lr * weight_decay
             # lr * S in the compute dtype, as update_param computes it (an IEEE product on the
             # host: the same rounding), as Python floats that every kernel takes exactly.
             host = np.float64 if compute == torch.float64 else np.float32
-            steps = (np.asarray([scales[index] for index in indices], dtype=host) * host(lr)).tolist()
+            host_scales: Any = np.asarray([scales[index] for index in indices], dtype=host)
+            steps = (host_scales * host(lr)).tolist()
         kinds = [_STEADY] * len(indices)
         buffers: list[Tensor] = []
         for k, (buffer, grad, index) in enumerate(zip(device_buffers, device_grads, indices)):

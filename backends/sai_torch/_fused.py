@@ -48,7 +48,7 @@ _compiled: dict[int, Callable[..., None]] = {}
 # reference (and every other path) updates it from the buffer as stored. emulate_precision_casts
 # keeps the rounding. Float32/float64 kernels have no such casts (on Triton it also turns off FMA
 # contraction: one rounding more per element in a memory-bound kernel, no measurable cost).
-_COMPILE_OPTIONS = (
+_COMPILE_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = (
     {"emulate_precision_casts": True} if hasattr(inductor_config, "emulate_precision_casts") else {}
 )
 _padding: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, Tensor, Tensor]]] = {}
@@ -164,18 +164,19 @@ def _fused_sgd_sai(
 ) -> None:
     if not params:
         return
-    hyper = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "maximize": maximize}
+    hyper: dict[str, Any] = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "maximize": maximize}
     if torch.compiler.is_compiling():
         # Inside a compiled region the multi-tensor passes are fused by the outer compilation.
         _multi_tensor_sgd_sai(params, grads, momentum_buffers, scales, momentum_init=momentum_init, **hyper)
         return
-    selected, rest = [], []
+    selected: list[int] = []
+    rest: list[int] = []
     threshold = max(MIN_NUMEL, 2 * ROW)  # 2 rows at least: an extent of 1 would be specialized
     for i, (param, grad, buffer) in enumerate(zip(params, grads, momentum_buffers)):
         # Meta tensors (shape only, no data: deferred initialization, shape inference) take the
         # multi-tensor path, whose foreach ops run on meta as torch.optim's do; nothing compiles.
         ready = buffer is not None and param.dtype == grad.dtype == buffer.dtype and not param.is_meta
-        if ready:
+        if ready and buffer is not None:
             p, g, m = local(param), local(grad), local(buffer)
             ready = p.numel() >= threshold and p.is_contiguous() and g.is_contiguous() and m.is_contiguous()
         (selected if ready else rest).append(i)
@@ -209,7 +210,7 @@ def _fused_sgd_sai(
         else:
             step_scales = torch.tensor(selected_scales, dtype=compute, device=device)
             step_scales *= lr
-            decay = 1.0 - lr * weight_decay  # type: ignore[operator]
+            decay = 1.0 - lr * weight_decay
         for start in range(0, len(indices), MAX_BATCH):
             thetas = [local(p) for p in device_params[start : start + MAX_BATCH]]
             gs = [local(g) for g in device_grads[start : start + MAX_BATCH]]
@@ -230,7 +231,7 @@ def _fused_sgd_sai(
             ]
             # No duck sizing: equal row counts would otherwise become equality guards, and every
             # new pattern of equal sizes in a batch a new graph.
-            with fx_config.patch(use_duck_shape=False):
+            with fx_config.patch(use_duck_shape=False):  # type: ignore[attr-defined]  # added by install_config_module
                 _batch_kernel(length)(*batch, coefficients)
             for theta, g, m, r, row in zip(thetas, gs, ms, rows, coefficients):
                 # Writes through the aliases bypass the tensors' version counters; bump them as an

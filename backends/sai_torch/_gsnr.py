@@ -101,7 +101,7 @@ def initial_scales(
         g = whole(grad)
         gsnr = raw_gsnr(g, eps=e, config=config, xp=xp)
         gsnrs.append(gsnr)
-        statistics += [gsnr, is_informative(g, config=config, xp=xp), xp.all(xp.isfinite(g))]
+        statistics += [gsnr, is_informative(g, config=config, xp=xp), xp.all(xp.isfinite(g))]  # type: ignore[attr-defined]  # in array_api_compat.torch, not in its stub
     values = _to_floats(statistics)
     raw = values[0::3]
     informative = [bool(v) for v in values[1::3]]

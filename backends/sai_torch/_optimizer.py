@@ -448,7 +448,7 @@ class SGDSaI(Optimizer):
             w.drop_uninitialized()
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Performs one optimization step.
 
         Args:

@@ -7,6 +7,8 @@ place through :func:`local`. Only the g-SNR needs the whole tensor (:func:`whole
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 
 __all__ = ["is_dtensor", "local", "local_all", "whole"]
@@ -37,7 +39,7 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
         >>> local(t) is t
         True
     """
-    return tensor.to_local() if is_dtensor(tensor) else tensor
+    return cast(Any, tensor).to_local() if is_dtensor(tensor) else tensor
 
 
 def local_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -55,4 +57,4 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
     Used only for the statistics of a block not yet initialized, so that they are the ones of the
     whole parameter and not of this process's shard.
     """
-    return tensor.full_tensor() if is_dtensor(tensor) else tensor
+    return cast(Any, tensor).full_tensor() if is_dtensor(tensor) else tensor
