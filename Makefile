@@ -1,4 +1,5 @@
-# make demo: the main job on the embedded default; make test: the whole test suite.
+# make demo: train a model with SGD-SaI and AdamW side by side (DEMO_ARGS="--steps 100" passes flags);
+# make test: the whole test suite.
 # Both create (or reuse) .venv/ with the pinned versions of requirements-dev.txt.
 PYTHON ?= python3
 VENV := .venv
@@ -18,10 +19,17 @@ $(STAMP): requirements-dev.txt pyproject.toml $(wildcard sai_*/__init__.py backe
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sai_conformance
+	$(PY) -m sai_demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+
+# make bench: every benchmark of benchmarks/, 3 interleaved runs, medians; writes docs/benchmarks.md
+# and its charts (docs/benchmarks_*.png). About 10 minutes on 2 cores. The GPU check is separate:
+# benchmarks/gpu_check.sh on a machine with a CUDA GPU.
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) benchmarks/report.py --runs 3

@@ -24,12 +24,18 @@ from ._math import scale_from_gsnr
 from ._math import update_momentum
 from ._math import update_param
 from ._reference import ReferenceSGDSaI
+from ._report import GsnrReport
+from ._report import GsnrRow
+from ._report import report_from_gradients
+from ._report import report_from_scales
 
 __version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_HYPERPARAMETERS",
     "DEFAULT_PRESET",
+    "GsnrReport",
+    "GsnrRow",
     "KNOB_VALUES",
     "NAMESPACE_CONTRACT",
     "NonFiniteGradientWarning",
@@ -40,6 +46,8 @@ __all__ = [
     "gsnr",
     "is_informative",
     "raw_gsnr",
+    "report_from_gradients",
+    "report_from_scales",
     "resolve_config",
     "scale_from_gsnr",
     "update_momentum",
