@@ -8,8 +8,13 @@ Subcommands:
 * ``identify TARGET``: which preset a port implements, its knobs, and the behaviour probes;
 * ``ports``: the report card of every known port that is installed (``docs/ports.md``).
 
-Exit status: 0 when everything agrees, 1 when a case fails, 2 for a usage error (a bad TARGET,
-preset, backend or ``--kwargs``).
+Exit status: 0 when everything agrees, 1 when a case fails or ``identify`` finds a deviation
+(or no exact preset), 2 for a usage error (a bad TARGET, also one whose module raises while
+imported, preset, backend, ``--kwargs`` or ``--timeout``).
+
+``check``, ``identify`` and ``ports`` call the target under ``--timeout SECONDS`` per call (default
+:data:`~sai_conformance._targets.DEFAULT_TIMEOUT`): each call runs in a worker thread that is
+abandoned when it does not return in time, and the target is reported as timed out.
 """
 
 from __future__ import annotations
@@ -111,7 +116,9 @@ def _with_rerun(result: CaseResult) -> CaseResult:
     # check_case already puts into its own failure details.
     if result.ok or " Rerun: " in result.detail:
         return result
-    return dataclasses.replace(result, detail=f"{result.detail} Rerun: {rerun_command(result.runner, result.case, result.mode)}")
+    return dataclasses.replace(
+        result, detail=f"{result.detail} Rerun: {rerun_command(result.runner, result.case, result.mode)}"
+    )
 
 
 def _check_one(runner: Runner, case: Case, mode: str) -> CaseResult:
@@ -144,7 +151,7 @@ def _target(args: argparse.Namespace):
     from ._targets import resolve_target
 
     try:
-        return resolve_target(args.target, kind=args.kind, kwargs=_parse_kwargs(args.kwargs))
+        return resolve_target(args.target, kind=args.kind, kwargs=_parse_kwargs(args.kwargs), timeout=args.timeout)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
 
@@ -168,8 +175,9 @@ def _run_worker(args: argparse.Namespace, cases: list[Case], modes: Sequence[str
     return 0
 
 
-def _run_isolated(name: str, where: tuple[str, str, str], args: argparse.Namespace, cases: list[Case],
-                  modes: Sequence[str], progress) -> list[CaseResult]:
+def _run_isolated(
+    name: str, where: tuple[str, str, str], args: argparse.Namespace, cases: list[Case], modes: Sequence[str], progress
+) -> list[CaseResult]:
     _, variable, backend = where
     command = [sys.executable, "-m", "sai_conformance", "run", "--worker", "--backend", name]
     for pattern in args.case or []:
@@ -186,7 +194,7 @@ def _run_isolated(name: str, where: tuple[str, str, str], args: argparse.Namespa
         assert process.stdout is not None
         for line in process.stdout:
             if line.startswith(_RESULT_PREFIX):
-                result = CaseResult(**json.loads(line[len(_RESULT_PREFIX):]))
+                result = CaseResult(**json.loads(line[len(_RESULT_PREFIX) :]))
                 results.append(result)
                 progress.advance(f"{name} {result.case}")
         code = process.wait()
@@ -265,8 +273,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     cases = [c for c in _select_cases(load_cases(), args.case, args.dtype) if c.preset == args.preset]
     if not cases:
         raise CliError(f"no golden case of preset {args.preset!r} left after --case/--dtype filtering")
-    print(f"sai-conformance check {target.name} ({target.description}) against preset {args.preset}: "
-          f"{len(cases)} golden cases, trajectory from the initial parameters", flush=True)
+    print(
+        f"sai-conformance check {target.name} ({target.description}) against preset {args.preset}: "
+        f"{len(cases)} golden cases, trajectory from the initial parameters",
+        flush=True,
+    )
     progress = Progress(len(cases), enabled=args.progress)
     results = []
     try:
@@ -278,8 +289,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         progress.close()
     print(format_check(target.name, args.preset, results))
     if args.json:
-        _write_json(args.json, {"target": target.name, "preset": args.preset,
-                                "results": [dataclasses.asdict(r) for r in results]})
+        _write_json(
+            args.json,
+            {"target": target.name, "preset": args.preset, "results": [dataclasses.asdict(r) for r in results]},
+        )
     ran = [r for r in results if r.status != "n/a"]
     return 0 if ran and all(r.ok for r in results) else 1
 
@@ -293,7 +306,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     print(format_identification(result))
     if args.json:
         _write_json(args.json, result.to_json())
-    return 0 if result.preset is not None else 1
+    return 0 if result.agrees else 1
 
 
 def _port_version(spec: str) -> str:
@@ -302,15 +315,26 @@ def _port_version(spec: str) -> str:
     return module_version(spec.split(":")[0]) or "?"
 
 
-def _identify_in_subprocess(spec: str, env: dict[str, str]):
+# A whole identification in a subprocess makes a few hundred calls, each bounded by --timeout
+# once it runs; this bounds the rest (a hang that holds the interpreter itself).
+_SUBPROCESS_CALLS = 20
+
+
+def _identify_in_subprocess(spec: str, env: dict[str, str], timeout: float):
     from ._identify import Identification
 
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "identify.json")
-        completed = subprocess.run(
-            [sys.executable, "-m", "sai_conformance", "identify", spec, "--json", out],
-            env={**os.environ, **env}, capture_output=True, text=True,
-        )
+        try:
+            completed = subprocess.run(
+                [sys.executable, "-m", "sai_conformance", "identify", spec, "--json", out, "--timeout", str(timeout)],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=_SUBPROCESS_CALLS * timeout + 120,
+            )
+        except subprocess.TimeoutExpired:
+            return f"timeout: the identify subprocess did not finish within {_SUBPROCESS_CALLS * timeout + 120:g} s"
         if not os.path.exists(out):  # identify itself failed (exit status 1 still writes the JSON)
             lines = (completed.stderr or completed.stdout).strip().splitlines()
             return lines[-1] if lines else f"exit status {completed.returncode}"
@@ -331,15 +355,21 @@ def _planned_ports() -> tuple[list[tuple[str, str | None]], list[str]]:
     return planned, missing
 
 
-def port_entries(progress=None) -> tuple[list[tuple[str, str, str, Any]], list[str]]:
+def port_entries(progress=None, timeout: float | None = None) -> tuple[list[tuple[str, str, str, Any]], list[str]]:
     """Identify every installed known port.
+
+    Args:
+        progress: a :class:`~sai_conformance._report.Progress` bar, or ``None``.
+        timeout: seconds one call into a port may take (default ``DEFAULT_TIMEOUT``).
 
     Returns:
         ``(port, version, runs on, identification or error text)`` rows, and the known ports
         that are not installed. Each Keras backend is identified in its own process.
     """
     from ._identify import identify
+    from ._targets import DEFAULT_TIMEOUT
 
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     planned, missing = _planned_ports()
     entries = []
     for spec, keras_backend in planned:
@@ -347,11 +377,11 @@ def port_entries(progress=None) -> tuple[list[tuple[str, str, str, Any]], list[s
         if progress:
             progress.show(label)
         if keras_backend is not None:
-            result = _identify_in_subprocess(spec, {"KERAS_BACKEND": keras_backend})
+            result = _identify_in_subprocess(spec, {"KERAS_BACKEND": keras_backend}, timeout)
             runs_on = f"keras/{keras_backend}"
         else:
             try:
-                result = identify(spec)
+                result = identify(spec, timeout=timeout)
                 runs_on = {"torch": "torch", "optax": "jax/optax"}.get(result.kind, result.kind)
             except Exception as exc:  # a port that cannot even be built is a row, not a crash
                 from ._targets import describe_error
@@ -369,7 +399,7 @@ def cmd_ports(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     progress = Progress(len(_planned_ports()[0]), enabled=args.progress)
     try:
-        entries, missing = port_entries(progress)
+        entries, missing = port_entries(progress, timeout=args.timeout)
     finally:
         progress.close()
     print(ports_text(entries))
@@ -386,8 +416,35 @@ def cmd_ports(args: argparse.Namespace) -> int:
 
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="draw a progress bar on stderr (default: when stderr is a terminal)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draw a progress bar on stderr (default: when stderr is a terminal)",
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"Invalid --timeout: {text!r} (expected a number of seconds > 0)")
+    return value
+
+
+def _add_timeout(parser: argparse.ArgumentParser) -> None:
+    from ._targets import DEFAULT_TIMEOUT
+
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"seconds one call into the target may take before it is abandoned and reported "
+        f"as timed out (default {DEFAULT_TIMEOUT:g})",
+    )
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
@@ -396,9 +453,11 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
         metavar="TARGET",
         help="module:attr of a torch.optim.Optimizer subclass, an optax factory or a Keras optimizer class",
     )
-    parser.add_argument("--kind", choices=("torch", "optax", "keras"),
-                        help="the TARGET's framework (default: detected)")
+    parser.add_argument(
+        "--kind", choices=("torch", "optax", "keras"), help="the TARGET's framework (default: detected)"
+    )
     parser.add_argument("--kwargs", metavar="JSON", help="extra constructor arguments as a JSON object")
+    _add_timeout(parser)
 
 
 _CASE_HELP = "only these cases (shell-style patterns, e.g. 'shapes-*')"
@@ -408,13 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sai-conformance",
         description="Validate SGD-SaI implementations against the reference's golden vectors and behaviour probes.",
-        epilog="Without a subcommand: `run`. Exit status 0 all agree, 1 a case fails, 2 a usage error.",
+        epilog="Without a subcommand: `run`. Exit status 0 all agree, 1 a case fails or a deviation, 2 a usage error.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser("run", help="replay every golden case on every installed runner")
-    run.add_argument("--backend", action="extend", nargs="+", metavar="NAME",
-                     help="only these runners (e.g. numpy torch keras-jax)")
+    run.add_argument(
+        "--backend", action="extend", nargs="+", metavar="NAME", help="only these runners (e.g. numpy torch keras-jax)"
+    )
     run.add_argument("--dtype", action="extend", nargs="+", choices=DTYPES, help="only cases of these dtypes")
     run.add_argument("--case", action="extend", nargs="+", metavar="NAME", help=_CASE_HELP)
     run.add_argument("--mode", action="extend", nargs="+", choices=MODES, help="only these comparison modes")
@@ -426,8 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="replay one preset's golden cases on a third-party optimizer")
     _add_target(check)
-    check.add_argument("--preset", required=True, choices=list(PRESETS),
-                       help="the preset the TARGET claims to implement")
+    check.add_argument(
+        "--preset", required=True, choices=list(PRESETS), help="the preset the TARGET claims to implement"
+    )
     check.add_argument("--dtype", action="extend", nargs="+", choices=DTYPES, help="only cases of these dtypes")
     check.add_argument("--case", action="extend", nargs="+", metavar="NAME", help=_CASE_HELP)
     check.add_argument("--json", metavar="FILE", help="also write every result as JSON")
@@ -441,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ports = commands.add_parser("ports", help="the report card of every known port installed here")
     ports.add_argument("--markdown", metavar="FILE", help="write the report card as Markdown (docs/ports.md)")
+    _add_timeout(ports)
     _add_progress(ports)
     ports.set_defaults(handler=cmd_ports)
     return parser

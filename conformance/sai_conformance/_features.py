@@ -35,7 +35,7 @@ def case_features(case: Case) -> set[str]:
     step1 = [g for g in case.grads[0] if g is not None]
     if step1 and all(g.size == 0 for g in step1):
         features.add("zero-size block alone at step 1")
-    for block, grad in _first_gradients(case).items():
+    for grad in _first_gradients(case).values():
         if grad.size == 0:
             continue
         if np.any(np.isnan(grad)):

@@ -9,6 +9,12 @@ Two kinds of evidence, both measured on the target:
 
 Without an exact match the closest preset is the one whose knobs are fewest changes away from
 what the probes measured (ties: most golden cases passed).
+
+The verdict then lists every *deviation* from that preset, each in words with what was measured:
+a probe whose answer differs from the one the reference gives under the preset (a knob set
+differently shows on the probe that measures it), a golden case of the preset that failed, raised
+or timed out, and a call that timed out. A target *agrees* (``identify`` exits 0) when it matches
+its preset exactly and has no deviation.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from sai_core import KNOB_VALUES, PRESETS, resolve_config
 
 from ._cases import SCENARIOS
 from ._golden import Case, load_cases
-from ._probes import Outcome, preset_outcomes, run_probes
+from ._probes import PROBE_BY_KEY, Outcome, preset_outcomes, run_probes
 from ._targets import Target, replay_case, resolve_target
 
 __all__ = ["Identification", "PresetScore", "identify", "identify_cases"]
@@ -38,6 +44,7 @@ class PresetScore:
     failed: int = 0
     errors: int = 0
     not_applicable: int = 0
+    timeouts: int = 0  # timed out, or not run because the target had timed out
     notes: list[str] = dataclasses.field(default_factory=list)  # one line per failure or error
 
     @property
@@ -63,6 +70,10 @@ class Identification:
         knob_differences: knob -> (measured value, the preset's value) for the knobs that differ.
         beyond_preset: probe key -> (target's answer, the preset's answer) where they differ.
         seconds: wall time of the identification.
+        deviations: every way the target departs from ``preset``, one sentence each with the
+            measured magnitude (empty: it agrees).
+        timeout: the seconds one call into the target was allowed.
+        hung: the call that timed out (after it the target was not called again), or ``None``.
     """
 
     target: str
@@ -77,6 +88,14 @@ class Identification:
     knob_differences: dict[str, tuple[Any, Any]]
     beyond_preset: dict[str, tuple[str, str]]
     seconds: float
+    deviations: list[str] = dataclasses.field(default_factory=list)
+    timeout: float = 0.0
+    hung: str | None = None
+
+    @property
+    def agrees(self) -> bool:
+        """An exact preset and no deviation from it (``identify`` exits 0)."""
+        return self.preset is not None and self.exact and not self.deviations
 
     @property
     def unclean(self) -> list[Outcome]:
@@ -92,12 +111,17 @@ class Identification:
             'closest preset: paper (differs in std_correction=0, paper has 1)'
         """
         if self.preset is None:
+            if self.hung:
+                return f"no preset: the target timed out ({self.hung})"
             return "no preset: nothing could be measured"
         if self.exact:
             score = self.scores[self.preset]
-            ran = score.passed + score.failed + score.errors
+            ran = score.passed + score.failed + score.errors + score.timeouts
             text = f"matches preset {self.preset} exactly ({score.passed}/{ran} golden cases"
-            return text + (f"; {score.errors} raised)" if score.errors else ")")
+            extra = [f"{score.errors} raised"] * bool(score.errors) + [f"{score.timeouts} timed out"] * bool(
+                score.timeouts
+            )
+            return text + (f"; {', '.join(extra)})" if extra else ")")
         text = f"closest preset: {self.preset}"
         if self.knob_differences:
             changes = ", ".join(f"{k}={v[0]}, {self.preset} has {v[1]}" for k, v in self.knob_differences.items())
@@ -110,7 +134,7 @@ class Identification:
         return document
 
     @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> "Identification":
+    def from_json(cls, document: Mapping[str, Any]) -> Identification:
         data = dict(document)
         data["scores"] = {k: PresetScore(**v) for k, v in data["scores"].items()}
         data["outcomes"] = {k: Outcome(**v) for k, v in data["outcomes"].items()}
@@ -140,13 +164,17 @@ def identify_cases(target: Target, cases: list[Case] | None = None) -> dict[str,
     }
 
 
-def identify(target: Any, *, kind: str | None = None, kwargs: Mapping[str, Any] | None = None) -> Identification:
+def identify(
+    target: Any, *, kind: str | None = None, kwargs: Mapping[str, Any] | None = None, timeout: float | None = None
+) -> Identification:
     """Runs every preset's golden cases and every probe on ``target`` and names its preset.
 
     Args:
         target: ``"module:attr"``, a class / factory, or a :class:`~sai_conformance._targets.Target`.
         kind: ``"torch"``, ``"optax"`` or ``"keras"`` (detected when ``None``).
         kwargs: extra constructor arguments.
+        timeout: seconds one call into the target may take (default
+            :data:`~sai_conformance._targets.DEFAULT_TIMEOUT`, or the Target's own).
 
     Raises:
         ValueError: for a TARGET, kind or kwargs that cannot be used (naming it).
@@ -159,7 +187,10 @@ def identify(target: Any, *, kind: str | None = None, kwargs: Mapping[str, Any] 
     """
     started = time.perf_counter()
     if not isinstance(target, Target):
-        target = resolve_target(target, kind=kind, kwargs=kwargs)
+        extra = {} if timeout is None else {"timeout": timeout}
+        target = resolve_target(target, kind=kind, kwargs=kwargs, **extra)
+    elif timeout is not None:
+        target = dataclasses.replace(target, timeout=timeout)
     scores: dict[str, PresetScore] = {}
     for preset, cases in identify_cases(target).items():
         score = PresetScore(preset)
@@ -169,6 +200,9 @@ def identify(target: Any, *, kind: str | None = None, kwargs: Mapping[str, Any] 
                 score.passed += 1
             elif result.status == "n/a":
                 score.not_applicable += 1
+            elif result.status == "timeout":
+                score.timeouts += 1
+                score.notes.append(f"{case.name}: {result.detail.split(' Rerun: ')[0].split('timeout: ', 1)[-1]}")
             else:
                 score.failed += result.status == "fail"
                 score.errors += result.status == "error"
@@ -188,9 +222,16 @@ def identify(target: Any, *, kind: str | None = None, kwargs: Mapping[str, Any] 
             }
         expected = preset_outcomes(preset)
         for key, outcome in report.outcomes.items():
-            wanted = expected[key]
-            if outcome.applicable and wanted.applicable and outcome.value != wanted.value:
-                beyond[key] = (outcome.value, wanted.value)
+            # What the reference cannot be asked (closures, model.fit) a faithful port answers as the
+            # contract does.
+            wanted = expected[key].value if expected[key].applicable else PROBE_BY_KEY[key].clean
+            if outcome.applicable and outcome.value != wanted:
+                beyond[key] = (outcome.value, wanted)
+            elif outcome.value == "timeout":
+                beyond[key] = (outcome.value, wanted)
+    deviations = _deviations(preset, scores, report.outcomes, beyond)
+    if target.hung is not None:
+        deviations.insert(0, f"timeout: {target.hung}; the target was not called again")
     return Identification(
         target=target.name,
         kind=target.kind,
@@ -204,7 +245,32 @@ def identify(target: Any, *, kind: str | None = None, kwargs: Mapping[str, Any] 
         knob_differences=knob_differences,
         beyond_preset=beyond,
         seconds=time.perf_counter() - started,
+        deviations=deviations,
+        timeout=target.timeout,
+        hung=target.hung,
     )
+
+
+def _deviations(
+    preset: str | None, scores: dict[str, PresetScore], outcomes: dict[str, Outcome], beyond: dict[str, tuple[str, str]]
+) -> list[str]:
+    """One sentence per deviation from ``preset``: probes first (with their measurements), then cases."""
+    if preset is None:
+        return (
+            [] if any(o.value in ("timeout", "not run") for o in outcomes.values()) else ["nothing could be measured"]
+        )
+    lines = []
+    for key, (value, wanted) in beyond.items():
+        outcome = outcomes[key]
+        lines.append(f"{PROBE_BY_KEY[key].title}: {value} ({preset}: {wanted}). {outcome.detail}")
+    skipped = [PROBE_BY_KEY[o.probe].title for o in outcomes.values() if o.value == "not run"]
+    if skipped:
+        lines.append(f"not run after the timeout: {', '.join(skipped)}")
+    score = scores[preset]
+    if score.failed or score.errors or score.timeouts:
+        ran = score.passed + score.failed + score.errors + score.timeouts
+        lines.append(f"golden cases of {preset}: {ran - score.passed}/{ran} did not pass: " + "; ".join(score.notes))
+    return lines
 
 
 def _choose_preset(scores: dict[str, PresetScore], report) -> tuple[str | None, bool]:

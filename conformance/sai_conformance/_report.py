@@ -69,46 +69,55 @@ def _mark(ok: bool) -> str:
 
 
 def format_identification(result: Identification) -> str:
-    """The terminal report of ``identify``."""
-    lines = [f"{result.target}: {result.description}", ""]
+    """The terminal report of ``identify``: the verdict and every deviation, the golden cases, the
+    knobs, then every probe."""
+    lines = [
+        f"{result.target}: {result.description}",
+        f"(probes in {result.dtype}, the bf16 probe in bfloat16; each call into the target may take "
+        f"{result.timeout:g} s)",
+        "",
+        f"verdict: {result.summary()}",
+    ]
+    if result.deviations:
+        what = f" from preset {result.preset}" if result.preset else ""
+        count = len(result.deviations)
+        lines.append(f"  {count} deviation{'s' if count != 1 else ''}{what}:")
+        lines += [f"  ! {deviation}" for deviation in result.deviations]
+    elif result.preset is not None:
+        lines.append(f"  no deviation from preset {result.preset}")
+    if result.preset is not None and result.preset != DEFAULT_PRESET and result.unclean:
+        items = ", ".join(f"{PROBE_BY_KEY[o.probe].title} ({o.value})" for o in result.unclean)
+        lines.append(f"  differs from the contract ({DEFAULT_PRESET}, docs/spec.md) on: {items}")
+    lines.append(
+        f"  exit status {0 if result.agrees else 1}: "
+        + ("it agrees with its preset" if result.agrees else "a deviation, a failing case or no exact preset")
+    )
+    lines.append("")
     lines.append(f"golden cases per preset ({result.dtype}, trajectory from the initial parameters):")
-    lines.append(f"  {'preset':<22}{'pass':>5}{'fail':>6}{'error':>7}{'n/a':>5}")
+    lines.append(f"  {'preset':<22}{'pass':>5}{'fail':>6}{'error':>7}{'timeout':>9}{'n/a':>5}")
     for preset, score in result.scores.items():
         tag = "  <- exact" if score.exact else ""
-        lines.append(f"  {preset:<22}{score.passed:>5}{score.failed:>6}{score.errors:>7}{score.not_applicable:>5}{tag}")
-    if result.preset is not None and result.scores[result.preset].notes:
-        lines.append(f"  {result.preset} cases that did not pass:")
-        lines += [f"    {note}" for note in result.scores[result.preset].notes]
+        lines.append(
+            f"  {preset:<22}{score.passed:>5}{score.failed:>6}{score.errors:>7}{score.timeouts:>9}"
+            f"{score.not_applicable:>5}{tag}"
+        )
     lines.append("")
     lines.append("knobs measured by the probes:")
     if result.knobs is None:
-        lines.append("  (not measurable: the g-SNR probe could not run)")
+        lines.append("  (not measurable: the g-SNR probe measured no scale a statistic explains)")
     else:
         for knob, values in result.knobs.items():
             shown = "any" if len(values) == len(KNOB_VALUES[knob]) else " or ".join(str(v) for v in values)
             note = "" if _CONTRACT[knob] in values else f"({DEFAULT_PRESET}: {_CONTRACT[knob]})"
-            lines.append(f"  {knob:<16}{shown:<16}{note}".rstrip())
+            lines.append(f"  {knob:<16}{shown:<28}{note}".rstrip())
     lines.append("")
     lines.append("probes (! = not what docs/spec.md requires):")
     width = max(len(o.value) for o in result.outcomes.values()) + 2
     for probe in PROBES:
         outcome = result.outcomes[probe.key]
-        lines.append(f"  {_mark(outcome.clean)}{probe.title:<17}{outcome.value:<{width}}{outcome.detail}")
-    lines.append("")
-    lines.append(f"verdict: {result.summary()}")
-    if result.beyond_preset:
-        items = ", ".join(
-            f"{PROBE_BY_KEY[k].title} ({v[0]}; the preset: {v[1]})" for k, v in result.beyond_preset.items()
-        )
-        lines.append(f"  differs from preset {result.preset} on probes: {items}")
+        lines.append(f"  {_mark(outcome.clean)}{probe.title:<22}{outcome.value:<{width}}{outcome.detail}")
     ran = [o for o in result.outcomes.values() if o.applicable]
-    skipped = len(result.outcomes) - len(ran)
-    if result.unclean:
-        items = ", ".join(f"{PROBE_BY_KEY[o.probe].title} ({o.value})" for o in result.unclean)
-        lines.append(f"  differs from the contract on: {items}")
-    elif ran:
-        lines.append(f"  every probe that ran agrees with the contract ({skipped} not applicable)")
-    else:
+    if not ran:
         lines.append("  no probe could run on this target")
     lines.append(f"({result.seconds:.1f} s)")
     return "\n".join(lines)
@@ -116,13 +125,15 @@ def format_identification(result: Identification) -> str:
 
 def format_check(target: str, preset: str, results: Sequence[CaseResult]) -> str:
     """The terminal report of ``check``: one line per case, then the count."""
+    # Both columns as wide as their longest entry (case names reach 43 characters), so rows align.
     width = max([len("case"), *(len(r.case) for r in results)]) + 2
-    lines = [f"{'case':<{width}}{'result':<8}detail"]
+    status_width = max([len("result"), *(len(r.status) for r in results)]) + 2
+    lines = [f"{'case':<{width}}{'result':<{status_width}}detail"]
     for r in results:
         detail = r.detail.split(" Rerun: ")[0] if r.status != "pass" else ""
-        if r.status in ("fail", "error"):
+        if r.status in ("fail", "error", "timeout"):
             detail = detail.split("): ", 1)[-1]
-        lines.append(f"{r.case:<{width}}{r.status:<8}{detail}")
+        lines.append(f"{r.case:<{width}}{r.status:<{status_width}}{detail}")
     ran = [r for r in results if r.status != "n/a"]
     passed = sum(r.status == "pass" for r in ran)
     lines.append("")
@@ -130,7 +141,7 @@ def format_check(target: str, preset: str, results: Sequence[CaseResult]) -> str
     skipped = len(results) - len(ran)
     lines.append(f"{target} vs preset {preset}: {passed}/{len(ran)} cases pass, {skipped} not applicable: {verdict}")
     for r in results:
-        if r.status in ("fail", "error"):
+        if r.status in ("fail", "error", "timeout"):
             lines.append(f"  rerun {r.case}: {r.detail.split(' Rerun: ')[-1]}")
     return "\n".join(lines)
 
@@ -140,7 +151,9 @@ def markdown_run_table(results: Sequence[CaseResult]) -> str:
     lines = ["| runner | one-step | trajectory | n/a | xfail | verdict |", "|---|---|---|---|---|---|"]
     for row in summarize(results):
         verdict = "PASS" if row.ok else "**FAIL**"
-        lines.append(f"| {row.runner} | {row.passed[0]} | {row.passed[1]} | {row.not_applicable} | {row.xfails} | {verdict} |")
+        lines.append(
+            f"| {row.runner} | {row.passed[0]} | {row.passed[1]} | {row.not_applicable} | {row.xfails} | {verdict} |"
+        )
     failures = [r for r in results if not r.ok]
     if failures:
         lines += ["", "Failures:", ""]
@@ -211,7 +224,7 @@ def ports_markdown(entries: Sequence[Entry], *, missing: Sequence[str] = ()) -> 
         "Every installed port, identified by `sai-conformance identify` (see [conformance.md](conformance.md)):",
         "the **preset** column names the preset whose golden cases it reproduces exactly (`~preset (knob=value)`:",
         "no exact match; the closest preset and the knobs the probes measured differently). The other columns",
-        "are the behaviour probes of [SPEC \"Conformance\"](spec.md); an answer in **bold** is not what the",
+        'are the behaviour probes of [SPEC "Conformance"](spec.md); an answer in **bold** is not what the',
         "contract ([docs/spec.md](spec.md)) requires. Measured on CPU; nothing here is typed in by hand.",
         "",
         "| " + " | ".join(header) + " |",
@@ -221,13 +234,21 @@ def ports_markdown(entries: Sequence[Entry], *, missing: Sequence[str] = ()) -> 
         lines.append("| " + " | ".join(row) + " |")
     if missing:
         lines += ["", "Not installed here (no row): " + ", ".join(f"`{m}`" for m in missing) + "."]
-    lines += ["", "## What each probe asks", "", "| probe | question | the contract's answer |", "|---|---|---|"]
-    for probe in PROBES:
-        lines.append(f"| {probe.title} | {probe.question} | {probe.clean} |")
     lines += [
         "",
-        "Probe answers: `error: X` the port raised X; `n/a` the framework cannot express the probe",
-        "(optax has no absent gradient, only torch has closures, a port without `maximize`).",
+        "## What each probe asks",
+        "",
+        "| probe | question | the contract's answer | cost |",
+        "|---|---|---|---|",
+    ]
+    for probe in PROBES:
+        lines.append(f"| {probe.title} | {_cell(probe.question)} | {_cell(probe.clean)} | {probe.cost} |")
+    lines += [
+        "",
+        "Probe answers: `error: X` the port raised X; `timeout` a call did not return within `--timeout`",
+        "seconds (`not run`: a later probe, not attempted after it); `n/a` the framework cannot express",
+        "the probe (optax has no absent gradient and no parameter groups, only torch has closures, only",
+        "Keras has `model.fit`, a port without `maximize`).",
         f"In the g-SNR column `{DEFAULT_PRESET}` means the per-block scales equal the default preset's;",
         "otherwise the knob values (away from it) that reproduce them.",
         "",
@@ -237,7 +258,7 @@ def ports_markdown(entries: Sequence[Entry], *, missing: Sequence[str] = ()) -> 
         "",
     ]
     presets = None
-    for port, version, runs_on, result in entries:
+    for port, _version, runs_on, result in entries:
         if isinstance(result, str):
             continue
         if presets is None:

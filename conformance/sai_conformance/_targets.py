@@ -17,6 +17,16 @@ one-step comparison, which loads the reference's state, is left to the project's
 
 Internally a fourth kind, ``reference``, wraps :class:`sai_core.ReferenceSGDSaI` under a preset;
 the probes use it to know what each preset does on them.
+
+Every call into the target (building the optimizer, a step, reading the parameters, saving and
+loading, a ``model.fit``) runs in the target's own *worker thread* and is waited for at most
+``Target.timeout`` seconds (``--timeout``). A call that does not return is abandoned: it raises
+:class:`TargetTimeout` here, the worker (a daemon thread, so it never keeps the process alive) is
+left behind, and the target is not called again (:class:`TargetHung`), because the abandoned call
+may still hold or change the target's state. A thread rather than a subprocess: the target's
+tensors, its state and its framework's per-thread settings stay in one process, so a call costs
+microseconds instead of a framework import, and Keras keeps the backend of this process. The price
+is that an abandoned call that spins in Python keeps competing for the GIL until the process exits.
 """
 
 from __future__ import annotations
@@ -28,7 +38,10 @@ import importlib
 import inspect
 import io
 import json
+import queue
 import shlex
+import sys
+import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -42,7 +55,10 @@ from ._harness import CaseResult, _compare_array
 from ._tolerances import TOLERANCES
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "KINDS",
+    "TargetHung",
+    "TargetTimeout",
     "describe_error",
     "module_version",
     "NotExpressible",
@@ -54,6 +70,10 @@ __all__ = [
 ]
 
 KINDS: tuple[str, ...] = ("torch", "optax", "keras")
+# Seconds one call into a target may take (``--timeout``). The slowest legitimate call is a first
+# compiled step or a graph-mode ``model.fit`` (a few seconds on 2 CPU cores, tracing included); 60 s
+# leaves a wide margin and still ends a hung port's identification within a minute.
+DEFAULT_TIMEOUT = 60.0
 HYPERPARAMETERS: tuple[str, ...] = ("lr", "momentum", "weight_decay", "eps", "maximize")
 
 # The names each framework's optimizers use for a hyperparameter, in order of preference.
@@ -76,7 +96,7 @@ def describe_error(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     message = lines[-1] if lines else ""
     prefix = f"{type(error).__name__}: "
-    message = message[len(prefix):] if message.startswith(prefix) else message
+    message = message[len(prefix) :] if message.startswith(prefix) else message
     return f"{prefix}{message[:300]}"
 
 
@@ -84,13 +104,80 @@ class NotExpressible(Exception):
     """A case or probe needs something the target's framework cannot express (the message says what)."""
 
 
+class TargetTimeout(Exception):
+    """A call into the target did not return within ``Target.timeout`` seconds (it was abandoned)."""
+
+
+class TargetHung(Exception):
+    """The target timed out earlier; it is not called again (the message says which call hung)."""
+
+
+class _Worker:
+    """One daemon thread that runs a target's calls in order (abandoned when a call hangs)."""
+
+    def __init__(self, name: str) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=f"sai-conformance target {name}", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self.jobs.get()()
+
+    def call(self, function: Any, args: tuple, timeout: float) -> tuple[bool, Any, BaseException | None]:
+        """``(finished, value, error)`` of ``function(*args)`` run on the worker thread."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def job() -> None:
+            try:
+                box["value"] = function(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        self.jobs.put(job)
+        if not done.wait(timeout):
+            return False, None, None
+        return True, box.get("value"), box.get("error")
+
+
+class _ThreadQuietStdout(io.TextIOBase):
+    """``sys.stdout`` that drops what the thread which installed it writes, and passes on the rest.
+
+    ``contextlib.redirect_stdout`` swaps the process-wide ``sys.stdout``: a target call that hangs
+    inside it would silence the whole report. This one silences only the target's worker thread.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.owner = real, threading.get_ident()
+
+    def write(self, text: str) -> int:
+        return len(text) if threading.get_ident() == self.owner else self.real.write(text)
+
+    def flush(self) -> None:
+        if threading.get_ident() != self.owner:
+            self.real.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     # Some ports print on their first step (sgd-sai 1.0.3 prints a "warmup" banner) or warn from
     # inside their statistics (torch's std of one element); the report owns the terminal.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    previous = sys.stdout
+    quiet = _ThreadQuietStdout(previous)
+    sys.stdout = quiet
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if sys.stdout is quiet:  # a later writer replaced it: leave theirs in place
+            sys.stdout = previous
 
 
 class Session:
@@ -112,7 +199,7 @@ class Session:
         """The optimizer state, serialised the framework's way."""
         raise NotImplementedError
 
-    def resume(self, saved: Any, hyper: Sequence[Mapping[str, Any]]) -> "Session":
+    def resume(self, saved: Any, hyper: Sequence[Mapping[str, Any]]) -> Session:
         """A new optimizer over copies of the current parameters with ``saved`` loaded into it."""
         raise NotImplementedError
 
@@ -131,6 +218,8 @@ class Target:
         obj: the class or factory.
         kwargs: extra constructor arguments (``--kwargs``); never a hyperparameter.
         kind_given: whether ``kind`` was given rather than detected (for rerun commands).
+        timeout: seconds one call into the target may take (see the module docstring).
+        hung: which call timed out, once one has (the target is then never called again).
     """
 
     name: str
@@ -138,6 +227,40 @@ class Target:
     obj: Any
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     kind_given: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    hung: str | None = dataclasses.field(default=None, compare=False)
+    _worker: _Worker | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    # -- calling the target ------------------------------------------------------------------
+
+    def call(self, what: str, function: Any, *args: Any) -> Any:
+        """``function(*args)`` on the target's worker thread, abandoned after :attr:`timeout` seconds.
+
+        Args:
+            what: the call in words, for the message (``"step 2"``).
+            function: what to run; it may raise (the exception is re-raised here).
+
+        Raises:
+            TargetTimeout: the call did not return in time (the target is then marked hung).
+            TargetHung: an earlier call timed out, so this one is not made.
+        """
+        if self.hung is not None:
+            raise TargetHung(f"not run: {self.hung}")
+        if self._worker is None:
+            self._worker = _Worker(self.name)
+        finished, value, error = self._worker.call(function, args, self.timeout)
+        if not finished:
+            self._worker = None  # abandoned with its thread
+            self.hung = f"{what} did not return within {self.timeout:g} s (--timeout)"
+            raise TargetTimeout(self.hung)
+        if error is not None:
+            raise error
+        return value
+
+    @property
+    def has_groups(self) -> bool:
+        """Whether the framework has parameter groups (torch's ``param_groups``)."""
+        return self.kind in ("torch", "reference")
 
     # -- what the target can express ---------------------------------------------------------
 
@@ -182,8 +305,6 @@ class Target:
         """The dtypes this target can hold parameters in."""
         if self.kind == "keras" and not _keras_stores_float64():
             return ("float32", "bfloat16")
-        if self.kind == "reference":
-            return ("float64", "float32")
         return ("float64", "float32", "bfloat16")
 
     def probe_dtype(self) -> str:
@@ -224,9 +345,32 @@ class Target:
         hyper = [dict(h) for _, h in groups]
         if self.kind in ("optax", "keras") and any(h != hyper[0] for h in hyper[1:]):
             raise NotExpressible(f"a {self.kind} optimizer has one set of hyperparameters (no parameter groups)")
-        session_class = {"torch": _TorchSession, "optax": _OptaxSession, "keras": _KerasSession,
-                         "reference": _ReferenceSession}[self.kind]
-        return session_class(self, [np.asarray(p, dtype=np.float64) for p in initial], indices, hyper, dtype)
+        session_class = {
+            "torch": _TorchSession,
+            "optax": _OptaxSession,
+            "keras": _KerasSession,
+            "reference": _ReferenceSession,
+        }[self.kind]
+        values = [np.asarray(p, dtype=np.float64) for p in initial]
+        return _GuardedSession(
+            self, self.call("building the optimizer", session_class, self, values, indices, hyper, dtype)
+        )
+
+    def fit(self, hyper: Mapping[str, Any], mode: str, steps: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Trains a small Keras model with ``model.fit`` (Keras targets only).
+
+        Args:
+            hyper: the hyperparameters (our names).
+            mode: ``"eager"`` (``run_eagerly=True``) or ``"compiled"`` (``fit``'s default: a
+                ``tf.function`` on TensorFlow, ``jax.jit`` on JAX; eager on torch).
+            steps: optimizer steps (one full batch per epoch).
+
+        Returns:
+            The weights before and after training, as float64 NumPy arrays.
+        """
+        if self.kind != "keras":
+            raise NotExpressible("only a Keras optimizer is trained with model.fit")
+        return self.call(f"model.fit ({mode})", _keras_fit, self, dict(hyper), mode, steps)
 
     def rerun(self, *arguments: str) -> str:
         """The ``sai-conformance`` command line for this target with ``arguments`` added."""
@@ -284,17 +428,21 @@ def _detect_kind(obj: Any) -> str | None:
     return None
 
 
-def resolve_target(spec: Any, *, kind: str | None = None, kwargs: Mapping[str, Any] | None = None) -> Target:
+def resolve_target(
+    spec: Any, *, kind: str | None = None, kwargs: Mapping[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> Target:
     """Imports ``module:attr`` (or takes an object) and decides its kind.
 
     Args:
         spec: ``"module:attr"`` (``attr`` may be dotted), or the class / factory itself.
         kind: ``"torch"``, ``"optax"`` or ``"keras"``; detected when ``None``.
         kwargs: extra constructor arguments (not hyperparameters, which each case sets).
+        timeout: seconds one call into the target may take (``> 0``).
 
     Raises:
-        ValueError: naming the argument and value: a malformed or unimportable TARGET, an
-            unknown kind, a kind that cannot be detected, or ``kwargs`` setting a hyperparameter.
+        ValueError: naming the argument and value: a malformed or unimportable TARGET (also one
+            whose module raises while imported), an unknown kind, a kind that cannot be detected,
+            ``kwargs`` setting a hyperparameter, or a timeout that is not a positive number.
 
     Examples:
         >>> resolve_target("numpy")
@@ -304,6 +452,8 @@ def resolve_target(spec: Any, *, kind: str | None = None, kwargs: Mapping[str, A
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"Invalid kind: {kind!r} (expected one of {list(KINDS)})")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ValueError(f"Invalid timeout: {timeout!r} (expected a number of seconds > 0)")
     kwargs = dict(kwargs or {})
     if not isinstance(spec, str):
         obj, name = spec, f"{getattr(spec, '__module__', '?')}:{getattr(spec, '__qualname__', repr(spec))}"
@@ -315,6 +465,10 @@ def resolve_target(spec: Any, *, kind: str | None = None, kwargs: Mapping[str, A
             obj = importlib.import_module(module_name)
         except ImportError as exc:
             raise ValueError(f"Invalid TARGET: {spec!r} (cannot import {module_name!r}: {exc})") from exc
+        except (Exception, SystemExit) as exc:  # the module itself raised while being imported
+            raise ValueError(
+                f"Invalid TARGET: {spec!r} (importing {module_name!r} raised {describe_error(exc)})"
+            ) from exc
         for part in attr.split("."):
             if not hasattr(obj, part):
                 owner = getattr(obj, "__name__", repr(obj))
@@ -327,7 +481,7 @@ def resolve_target(spec: Any, *, kind: str | None = None, kwargs: Mapping[str, A
             f"Invalid TARGET: {name!r} is a {type(obj).__name__}, not a torch.optim.Optimizer subclass, an "
             "optax transformation factory or a Keras optimizer class (pass --kind to say which)"
         )
-    target = Target(name, kind or detected, obj, kwargs, kind_given=kind is not None)
+    target = Target(name, kind or detected, obj, kwargs, kind_given=kind is not None, timeout=float(timeout))
     clashing = sorted(k for k in kwargs if k in {target.argument(h) for h in HYPERPARAMETERS} | set(HYPERPARAMETERS))
     if clashing:
         raise ValueError(
@@ -346,23 +500,31 @@ def reference_target(preset: str = DEFAULT_PRESET, **knob_overrides: Any) -> Tar
     """
     resolve_config(preset, **knob_overrides)
     suffix = "".join(f",{k}={v}" for k, v in sorted(knob_overrides.items()))
-    return Target(f"reference[{preset}{suffix}]", "reference", ReferenceSGDSaI,
-                  {"preset": preset, **knob_overrides})
+    return Target(f"reference[{preset}{suffix}]", "reference", ReferenceSGDSaI, {"preset": preset, **knob_overrides})
 
 
 # -- sessions --------------------------------------------------------------------------------
 
 
 class _ReferenceSession(Session):
+    # bfloat16 (no NumPy type): the contract's low-precision path, statistics and update in float64
+    # (>= float32) and each parameter rounded once when stored.
     def __init__(self, target: Target, initial, indices, hyper, dtype) -> None:
         self.target, self.indices, self.dtype = target, indices, dtype
+        self.rounding = dtype == "bfloat16"
+        compute = np.float64 if self.rounding else np.dtype(dtype).type
         groups = [{"params": [initial[i] for i in idx], **h} for idx, h in zip(indices, hyper)]
-        self.optimizer = ReferenceSGDSaI(groups, dtype=np.dtype(dtype).type, **target.kwargs)
+        self.optimizer = ReferenceSGDSaI(groups, dtype=compute, **target.kwargs)
 
     def step(self, grads, hyper) -> None:
         for group, h in zip(self.optimizer.param_groups, hyper):
             group.update(h)
-        self.optimizer.step(list(grads))
+        with _quiet():  # the reference warns about a non-finite first gradient
+            self.optimizer.step(list(grads))
+        if self.rounding:
+            from ._cases import round_to_dtype
+
+            self.optimizer.params = [round_to_dtype(p, "bfloat16") for p in self.optimizer.params]
 
     def params(self) -> list[np.ndarray]:
         return [np.asarray(p, dtype=np.float64).copy() for p in self.optimizer.params]
@@ -518,7 +680,7 @@ def _keras_backend() -> str:
     return keras.backend.backend()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keras_stores_float64() -> bool:
     from .runners.keras_runner import stores_float64  # lazy: imports keras
 
@@ -569,6 +731,60 @@ class _KerasSession(Session):
         return fresh
 
 
+class _GuardedSession(Session):
+    """A session whose every call runs through :meth:`Target.call` (timeouts, see the module docstring)."""
+
+    def __init__(self, target: Target, inner: Session) -> None:
+        self.target, self.inner, self.dtype = target, inner, inner.dtype
+        self.steps = 0
+
+    @property
+    def grads_modified(self) -> bool | None:  # type: ignore[override]
+        return self.inner.grads_modified
+
+    def step(self, grads, hyper) -> None:
+        self.steps += 1
+        self.target.call(f"step {self.steps}", self.inner.step, grads, hyper)
+
+    def params(self) -> list[np.ndarray]:
+        return self.target.call("reading the parameters", self.inner.params)
+
+    def save(self) -> Any:
+        return self.target.call("saving the optimizer state", self.inner.save)
+
+    def resume(self, saved, hyper) -> Session:
+        fresh = _GuardedSession(
+            self.target, self.target.call("loading the optimizer state", self.inner.resume, saved, hyper)
+        )
+        fresh.steps = self.steps
+        return fresh
+
+    def step_with_closure(self, grads, hyper) -> int:
+        self.steps += 1
+        return self.target.call(f"step {self.steps} (with a closure)", self.inner.step_with_closure, grads, hyper)
+
+
+def _keras_fit(
+    target: Target, hyper: dict[str, Any], mode: str, steps: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    # A Dense(4) layer on 32 fixed samples, full batch, mean squared error: every weight gets a
+    # gradient at every step, and the same initial weights and data for both modes.
+    import keras
+
+    rng = np.random.default_rng(120)
+    inputs = rng.standard_normal((32, 8)).astype("float32")
+    targets = rng.standard_normal((32, 4)).astype("float32")
+    initial = [rng.standard_normal((8, 4)).astype("float32"), rng.standard_normal((4,)).astype("float32")]
+    with _quiet():
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        model.set_weights(initial)
+        optimizer = target.obj(**target.kwargs, **target.named(hyper))
+        model.compile(optimizer=optimizer, loss="mean_squared_error", run_eagerly=(mode == "eager"))
+        model.fit(inputs, targets, batch_size=32, epochs=steps, shuffle=False, verbose=0)
+        after = [np.asarray(w, dtype=np.float64) for w in model.get_weights()]
+    return [w.astype(np.float64) for w in initial], after
+
+
 # -- golden cases ----------------------------------------------------------------------------
 
 
@@ -603,10 +819,14 @@ def replay_case(target: Target, case: Case) -> CaseResult:
                     f"block {block} {case.shapes[block]}, params: max abs err {abs_err:.3g}, "
                     f"max rel err {rel_err:.3g} (rtol {rtol:g}). Rerun: {rerun}"
                 )
-                return CaseResult(target.name, case.name, "trajectory", "fail", detail, step, block, "params",
-                                  abs_err, rel_err)
+                return CaseResult(
+                    target.name, case.name, "trajectory", "fail", detail, step, block, "params", abs_err, rel_err
+                )
     except NotExpressible as exc:
         return CaseResult(target.name, case.name, "trajectory", "n/a", str(exc))
+    except (TargetTimeout, TargetHung) as exc:
+        detail = f"target {target.name}, case {case.name} ({case.dtype}, trajectory): timeout: {exc}. Rerun: {rerun}"
+        return CaseResult(target.name, case.name, "trajectory", "timeout", detail, step)
     except Exception as exc:  # a crashing target is a finding, not a crash of the suite
         detail = (
             f"target {target.name}, case {case.name} ({case.dtype}, trajectory): step {step + 1} raised "
