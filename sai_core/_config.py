@@ -138,9 +138,7 @@ def resolve_config(preset: str = DEFAULT_PRESET, **knob_overrides: Any) -> SaICo
         raise ValueError(f"Invalid preset: {preset!r} (expected one of {sorted(PRESETS)})")
     unknown = sorted(set(knob_overrides) - set(KNOB_VALUES))
     if unknown:
-        raise TypeError(
-            f"unexpected keyword argument(s) {unknown}; the SGD-SaI knobs are {list(KNOB_VALUES)}"
-        )
+        raise TypeError(f"unexpected keyword argument(s) {unknown}; the SGD-SaI knobs are {list(KNOB_VALUES)}")
     values = {**PRESETS[preset], **knob_overrides}
     for name, value in values.items():
         allowed = KNOB_VALUES[name]

@@ -143,9 +143,7 @@ class ReferenceSGDSaI:
     def step(self, grads: Sequence[Array | None]) -> None:
         """Applies one step. ``grads[i]`` is block ``i``'s gradient or ``None`` (no gradient)."""
         if len(grads) != len(self.params):
-            raise ValueError(
-                f"Invalid grads: {len(grads)} entries for {len(self.params)} parameters"
-            )
+            raise ValueError(f"Invalid grads: {len(grads)} entries for {len(self.params)} parameters")
         xp, config = self.xp, self.config
         hyper = self._block_hyperparameters()
         present: dict[int, Array] = {}

@@ -36,10 +36,15 @@ def _namespaces() -> Iterator[Any]:
     import array_api_strict
 
     yield "numpy", np, {"float64": np.float64, "float32": np.float32}, contextlib.nullcontext
-    yield "array_api_strict", array_api_strict, {
-        "float64": array_api_strict.float64,
-        "float32": array_api_strict.float32,
-    }, contextlib.nullcontext
+    yield (
+        "array_api_strict",
+        array_api_strict,
+        {
+            "float64": array_api_strict.float64,
+            "float32": array_api_strict.float32,
+        },
+        contextlib.nullcontext,
+    )
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is pinned in the dev environment

@@ -32,7 +32,7 @@ def _inputs():
     rng = np.random.default_rng(0)
     params = {k: rng.standard_normal(s) for k, s in SHAPES.items()}
     grads = []
-    for step in range(NUM_STEPS):
+    for _ in range(NUM_STEPS):
         g = {k: rng.standard_normal(s) + 0.3 for k, s in SHAPES.items()}
         # Row-dependent offsets: each device's shard of the sharded matrix has statistics very
         # different from the whole tensor's, so a per-shard g-SNR would be caught.
@@ -88,9 +88,7 @@ def _run(kind: str, dtype_name: str) -> dict:
     dtype = jnp.dtype(dtype_name)
     axis_type = AxisType.Explicit if kind == "explicit" else AxisType.Auto
     mesh = jax.make_mesh((NUM_DEVICES,), ("x",), axis_types=(axis_type,))
-    shardings = {
-        k: NamedSharding(mesh, PartitionSpec("x", None) if k == SHARDED else PartitionSpec()) for k in SHAPES
-    }
+    shardings = {k: NamedSharding(mesh, PartitionSpec("x", None) if k == SHARDED else PartitionSpec()) for k in SHAPES}
     params0, grads = _inputs()
     params0 = {k: np.asarray(np.asarray(v, dtype), np.float64) for k, v in params0.items()}
     grads = [{k: np.asarray(np.asarray(v, dtype), np.float64) for k, v in g.items()} for g in grads]
@@ -120,9 +118,7 @@ def _run(kind: str, dtype_name: str) -> dict:
         "sharded_vs_single": max(_normwise(sharded[k], single[k]) for k in SHAPES),
         "sharded_vs_reference": max(_normwise(sharded[k], reference.params[i]) for i, k in enumerate(sorted(SHAPES))),
         "single_vs_reference": max(_normwise(single[k], reference.params[i]) for i, k in enumerate(sorted(SHAPES))),
-        "scales_sharded_vs_single": max(
-            _normwise(sharded_state.scale[k], single_state.scale[k]) for k in SHAPES
-        ),
+        "scales_sharded_vs_single": max(_normwise(sharded_state.scale[k], single_state.scale[k]) for k in SHAPES),
         "params_keep_sharding": all(sharded[k].sharding.is_equivalent_to(shardings[k], len(SHAPES[k])) for k in SHAPES),
         "matrix_shards": len(sharded[SHARDED].addressable_shards),
         "matrix_shard_shape": list(sharded[SHARDED].addressable_shards[0].data.shape),
@@ -137,7 +133,13 @@ def _run(kind: str, dtype_name: str) -> dict:
 
 
 # optax's state-sharding recipe (optax.tree_map_params) on each optimizer, by name.
-RECIPE_OPTIMIZERS = ("sgd_sai", "sgd_sai momentum 0", "inject_hyperparams", "sgd_sai_groups", "sgd_sai_groups momentum 0 group")
+RECIPE_OPTIMIZERS = (
+    "sgd_sai",
+    "sgd_sai momentum 0",
+    "inject_hyperparams",
+    "sgd_sai_groups",
+    "sgd_sai_groups momentum 0 group",
+)
 
 
 def _recipe_optimizer(name: str):
@@ -145,7 +147,10 @@ def _recipe_optimizer(name: str):
 
     import sai_jax
 
-    groups = {"matrix": {"learning_rate": LEARNING_RATE}, "rest": {"learning_rate": 2 * LEARNING_RATE, "weight_decay": 0.0}}
+    groups = {
+        "matrix": {"learning_rate": LEARNING_RATE},
+        "rest": {"learning_rate": 2 * LEARNING_RATE, "weight_decay": 0.0},
+    }
     labels = {k: "matrix" if len(s) == 2 else "rest" for k, s in SHAPES.items()}
     if name == "sgd_sai":
         return sai_jax.sgd_sai(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
@@ -173,9 +178,7 @@ def _recipe_run(name: str) -> dict:
 
     mesh = jax.make_mesh((NUM_DEVICES,), ("x",))
     replicated = NamedSharding(mesh, PartitionSpec())
-    param_shardings = {
-        k: NamedSharding(mesh, PartitionSpec("x", None)) if k == SHARDED else replicated for k in SHAPES
-    }
+    param_shardings = {k: NamedSharding(mesh, PartitionSpec("x", None)) if k == SHARDED else replicated for k in SHAPES}
     params0, grads = _inputs()
     params0 = {k: jnp.asarray(v, jnp.float32) for k, v in params0.items()}
     grads = [{k: jnp.asarray(v, jnp.float32) for k, v in g.items()} for g in grads]
@@ -222,9 +225,13 @@ def _recipe_run(name: str) -> dict:
     return {
         "buffers_checked": len(buffer_checks),
         "buffers_sharded_like_params": all(buffer_checks),
-        "matrix_buffer_shards": None if buffers is None or buffers[SHARDED] is None else len(buffers[SHARDED].addressable_shards),
+        "matrix_buffer_shards": None
+        if buffers is None or buffers[SHARDED] is None
+        else len(buffers[SHARDED].addressable_shards),
         "scalars_replicated": all(x.sharding.is_equivalent_to(replicated, 0) for x in scalars),
-        "params_keep_sharding": all(params[k].sharding.is_equivalent_to(param_shardings[k], len(SHAPES[k])) for k in SHAPES),
+        "params_keep_sharding": all(
+            params[k].sharding.is_equivalent_to(param_shardings[k], len(SHAPES[k])) for k in SHAPES
+        ),
         "sharded_vs_single": max(_normwise(params[k], single_params[k]) for k in SHAPES),
         "state_vs_single": max(
             (_normwise(a, b) for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(single_state))), default=0.0
@@ -252,7 +259,9 @@ def main() -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)  # this process only: float64 runs beside float32
-    results = {f"{kind}-{dtype}": _run(kind, dtype) for kind in ("auto", "explicit") for dtype in ("float64", "float32")}
+    results = {
+        f"{kind}-{dtype}": _run(kind, dtype) for kind in ("auto", "explicit") for dtype in ("float64", "float32")
+    }
     results.update({f"recipe-{name}": _recipe_run(name) for name in RECIPE_OPTIMIZERS})
     print(json.dumps(results))
     return 0

@@ -183,8 +183,7 @@ def _reference_fit(variant: dict[str, Any], x, y, kernel, bias, batch: int, epoc
     """
     import numpy as np
 
-    from sai_core import DEFAULT_PRESET
-    from sai_core import ReferenceSGDSaI
+    from sai_core import DEFAULT_PRESET, ReferenceSGDSaI
 
     lr0 = variant.get("learning_rate", LR)
     momentum = variant.get("momentum", MOMENTUM)
@@ -228,7 +227,9 @@ def _reference_fit(variant: dict[str, Any], x, y, kernel, bias, batch: int, epoc
             applied += 1
             if ema_momentum is not None:
                 m = 0.0 if average is None else ema_momentum
-                average = [p.copy() if a is None else m * a + (1 - m) * p for a, p in zip(average or [None] * 2, opt.params)]
+                average = [
+                    p.copy() if a is None else m * a + (1 - m) * p for a, p in zip(average or [None] * 2, opt.params)
+                ]
     params = average if ema_momentum is not None else opt.params
     return params, opt
 
@@ -383,7 +384,10 @@ def check_validation_errors() -> _Result:
     # weight_decay=None stays Keras's "no weight decay".
     if SGDSaI(weight_decay=None).weight_decay is not None:
         problems.append("weight_decay=None is not Keras's no-decay")
-    return _Result(not problems, "; ".join(problems) or f"{len(cases) + 1} invalid inputs rejected by name, weight_decay=None accepted")
+    return _Result(
+        not problems,
+        "; ".join(problems) or f"{len(cases) + 1} invalid inputs rejected by name, weight_decay=None accepted",
+    )
 
 
 def check_config_round_trip() -> _Result:
@@ -392,8 +396,17 @@ def check_config_round_trip() -> _Result:
     from sai_keras import SGDSaI
 
     optimizer = SGDSaI(
-        learning_rate=0.2, momentum=0.5, weight_decay=0.0, epsilon=1e-6, preset="paper", zero_gradient="degenerate",
-        maximize=True, std_correction=0, exclude_from_weight_decay=["bias", "norm"], clipnorm=1.0, name="custom_sai",
+        learning_rate=0.2,
+        momentum=0.5,
+        weight_decay=0.0,
+        epsilon=1e-6,
+        preset="paper",
+        zero_gradient="degenerate",
+        maximize=True,
+        std_correction=0,
+        exclude_from_weight_decay=["bias", "norm"],
+        clipnorm=1.0,
+        name="custom_sai",
     )
     config = optimizer.get_config()
     rebuilt = SGDSaI.from_config(dict(config)).get_config()
@@ -511,8 +524,8 @@ def check_bfloat16_statistics_in_float32() -> _Result:
     import numpy as np
 
     from sai_conformance import TOLERANCES
-    from sai_core import ReferenceSGDSaI
     from sai_conformance._cases import round_to_dtype
+    from sai_core import ReferenceSGDSaI
 
     rng = np.random.default_rng(9)
     shapes = [(64, 64), (64,)]
@@ -545,7 +558,9 @@ def check_fit_matches_reference(variant_name: str) -> _Result:
     rtol = _float32_trajectory_rtol()
     weights = _compare_blocks([_np(w) for w in model.weights], params, rtol, "weights")
     state = _optimizer_state(optimizer)
-    scales = _compare_blocks(state["scales"] + [state["max_gsnr"]], list(reference.scale) + [reference.max_gsnr], rtol, "S and M")
+    scales = _compare_blocks(
+        state["scales"] + [state["max_gsnr"]], list(reference.scale) + [reference.max_gsnr], rtol, "S and M"
+    )
     return _Result(weights.ok and scales.ok and all(state["initialized"]), f"{weights.detail}; {scales.detail}")
 
 
@@ -558,8 +573,7 @@ def check_fit_matches_reference(variant_name: str) -> _Result:
 def check_defaults() -> _Result:
     import keras
 
-    from sai_core import DEFAULT_HYPERPARAMETERS
-    from sai_core import DEFAULT_PRESET
+    from sai_core import DEFAULT_HYPERPARAMETERS, DEFAULT_PRESET
     from sai_keras import SGDSaI
 
     config = SGDSaI().get_config()
@@ -777,7 +791,9 @@ def deferral_checks(backend: str) -> dict[str, _Result]:
             initial, rows = _deferral_inputs(dtype, "zero")
             states = _replay(mode, dtype, initial, rows, "sgd-sai-1.0.3")
             ref_scales, ref_max = _reference_replay(initial, rows, "sgd-sai-1.0.3")[0]
-            errors = [_rel(float(s), r) for s, r in zip(states[1].scales, ref_scales)] + [_rel(float(states[1].max_gsnr), float(ref_max))]
+            errors = [_rel(float(s), r) for s, r in zip(states[1].scales, ref_scales)] + [
+                _rel(float(states[1].max_gsnr), float(ref_max))
+            ]
             count += 1
             if not all(states[1].flags) or max(errors) > rtol or float(states[1].scales[1]) != ref_scales[1]:
                 problems.append(
@@ -785,7 +801,8 @@ def deferral_checks(backend: str) -> dict[str, _Result]:
                     f"{float(states[1].scales[1])} (reference {ref_scales[1]}), rel errors {errors}"
                 )
         results[f"first_gradient_deferred[{mode}]"] = _Result(
-            not problems and count > 0, "; ".join(problems) or f"{count} bad first gradients ({_dtypes()}) deferred as the reference defers"
+            not problems and count > 0,
+            "; ".join(problems) or f"{count} bad first gradients ({_dtypes()}) deferred as the reference defers",
         )
     return results
 
@@ -805,7 +822,12 @@ def overflow_checks(backend: str) -> dict[str, _Result]:
     shapes = [(8, 16), (7,), (16, 1)]
     initial = [round_to_dtype(rng.standard_normal(s), "float32") for s in shapes]
     factors = [1e30, 1e-30, 1.0]
-    rows = [[round_to_dtype(f * (0.5 * i + rng.standard_normal(s)), "float32") for i, (f, s) in enumerate(zip(factors, shapes))]]
+    rows = [
+        [
+            round_to_dtype(f * (0.5 * i + rng.standard_normal(s)), "float32")
+            for i, (f, s) in enumerate(zip(factors, shapes))
+        ]
+    ]
     rows.append([round_to_dtype(rng.standard_normal(s), "float32") for s in shapes])
     rtol = TOLERANCES["float32"].one_step
     results = {}
@@ -821,7 +843,9 @@ def overflow_checks(backend: str) -> dict[str, _Result]:
             details.append(f"{preset}: scales/M {got} vs reference {want}, rel errors {errors}")
             if max(errors) > rtol or not finite or not all(states[1].flags):
                 problems.append(details[-1] + f", params finite {finite}, flags {states[1].flags}")
-        results[f"overflow_statistic[{mode}]"] = _Result(not problems, "; ".join(problems or details) + f" (rtol {rtol:g})")
+        results[f"overflow_statistic[{mode}]"] = _Result(
+            not problems, "; ".join(problems or details) + f" (rtol {rtol:g})"
+        )
     return results
 
 
@@ -862,7 +886,8 @@ def zero_size_checks(backend: str) -> dict[str, _Result]:
                 if error > TOLERANCES[dtype].one_step:
                     problems.append(f"{label}: M {float(states[2].max_gsnr)} vs reference {float(ref_max)}")
         results[f"zero_size_never_sets_m[{mode}]"] = _Result(
-            not problems and count > 0, "; ".join(problems) or f"{count} runs ({_dtypes()}): zero-size variables never set M"
+            not problems and count > 0,
+            "; ".join(problems) or f"{count} runs ({_dtypes()}): zero-size variables never set M",
         )
     return results
 
@@ -882,16 +907,41 @@ def _bad_applies() -> list[_BadApply]:
     w = np.linspace(-1.0, 2.0, 12, dtype="float32").reshape(3, 4)
     b = np.array([1.0, -2.0, 0.5], "float32")
     return [
-        _BadApply("integer variable", ("int32", (3,)), lambda: [w, None], lambda: [w, np.ones(3, "int32")],
-                  "Invalid variable 'x': dtype int32"),
-        _BadApply("complex gradient (Keras would drop its imaginary part)", ("float32", (3,)), lambda: [w, b],
-                  lambda: [w, (b + 1j * b).astype("complex64")], "Invalid gradient for variable 'x': dtype complex64"),
-        _BadApply("integer gradient", ("float32", (3,)), lambda: [w, b], lambda: [w, np.ones(3, "int32")],
-                  "Invalid gradient for variable 'x': dtype int32"),
-        _BadApply("gradient of another shape, as many elements (was reshaped silently)", ("float32", (3,)),
-                  lambda: [w, b], lambda: [w.reshape(12), b], "Invalid gradient for variable 'w': shape (12,)"),
-        _BadApply("gradient of another shape (1, 4)", ("float32", (3,)), lambda: [w, b], lambda: [w[:1], b],
-                  "Invalid gradient for variable 'w': shape (1, 4), but the variable has shape (3, 4)"),
+        _BadApply(
+            "integer variable",
+            ("int32", (3,)),
+            lambda: [w, None],
+            lambda: [w, np.ones(3, "int32")],
+            "Invalid variable 'x': dtype int32",
+        ),
+        _BadApply(
+            "complex gradient (Keras would drop its imaginary part)",
+            ("float32", (3,)),
+            lambda: [w, b],
+            lambda: [w, (b + 1j * b).astype("complex64")],
+            "Invalid gradient for variable 'x': dtype complex64",
+        ),
+        _BadApply(
+            "integer gradient",
+            ("float32", (3,)),
+            lambda: [w, b],
+            lambda: [w, np.ones(3, "int32")],
+            "Invalid gradient for variable 'x': dtype int32",
+        ),
+        _BadApply(
+            "gradient of another shape, as many elements (was reshaped silently)",
+            ("float32", (3,)),
+            lambda: [w, b],
+            lambda: [w.reshape(12), b],
+            "Invalid gradient for variable 'w': shape (12,)",
+        ),
+        _BadApply(
+            "gradient of another shape (1, 4)",
+            ("float32", (3,)),
+            lambda: [w, b],
+            lambda: [w[:1], b],
+            "Invalid gradient for variable 'w': shape (1, 4), but the variable has shape (3, 4)",
+        ),
     ]
 
 
@@ -999,7 +1049,10 @@ def sparse_checks(backend: str) -> dict[str, _Result]:
         for momentum in (MOMENTUM, 0.0):
             runs = {}
             for form in ["dense", *_sparse_forms(backend, dense_rows[0][0])]:
-                variables = [keras.Variable(np.ones((6, 4)), dtype="float32", name="table"), keras.Variable(np.ones(3), dtype="float32", name="bias")]
+                variables = [
+                    keras.Variable(np.ones((6, 4)), dtype="float32", name="table"),
+                    keras.Variable(np.ones(3), dtype="float32", name="bias"),
+                ]
                 optimizer = SGDSaI(learning_rate=LR, momentum=momentum, weight_decay=WEIGHT_DECAY)
                 apply = _applier(optimizer, variables, mode)
                 try:
@@ -1040,13 +1093,19 @@ def check_fit_zero_first_batch(mode_kwargs: dict[str, Any]) -> _Result:
     kernel_after = np.array(keras.ops.convert_to_numpy(model.weights[0]))
     untouched = kernel_after.tobytes() == kernel.tobytes() and after_first["initialized"] == [False, True]
     model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
-    params, reference = _reference_fit({}, np.concatenate([x[:8], x, x]), np.concatenate([y[:8], y, y]), kernel, bias, batch=8, epochs=1)
+    params, reference = _reference_fit(
+        {}, np.concatenate([x[:8], x, x]), np.concatenate([y[:8], y, y]), kernel, bias, batch=8, epochs=1
+    )
     rtol = _float32_trajectory_rtol()
     weights = _compare_blocks([_np(w) for w in model.weights], params, rtol, "weights")
     state = _optimizer_state(optimizer)
-    scales = _compare_blocks(state["scales"] + [state["max_gsnr"]], list(reference.scale) + [reference.max_gsnr], rtol, "S and M")
+    scales = _compare_blocks(
+        state["scales"] + [state["max_gsnr"]], list(reference.scale) + [reference.max_gsnr], rtol, "S and M"
+    )
     ok = untouched and weights.ok and scales.ok and all(state["initialized"])
-    return _Result(ok, f"after the zero batch {after_first}, kernel untouched: {untouched}; {weights.detail}; {scales.detail}")
+    return _Result(
+        ok, f"after the zero batch {after_first}, kernel untouched: {untouched}; {weights.detail}; {scales.detail}"
+    )
 
 
 def _fit_run(mode_kwargs: dict[str, Any], initial_weights) -> dict[str, Any]:
@@ -1113,7 +1172,10 @@ def check_save_load_continuation() -> _Result:
     initial = [np.asarray(w) for w in _mlp().get_weights()]
 
     def compiled(model):
-        model.compile(optimizer=SGDSaI(learning_rate=LR, weight_decay=WEIGHT_DECAY, exclude_from_weight_decay=["bias"]), loss="mse")
+        model.compile(
+            optimizer=SGDSaI(learning_rate=LR, weight_decay=WEIGHT_DECAY, exclude_from_weight_decay=["bias"]),
+            loss="mse",
+        )
         return model
 
     interrupted = compiled(_mlp(initial))
@@ -1133,7 +1195,10 @@ def check_save_load_continuation() -> _Result:
     uninterrupted = compiled(_mlp(initial))
     uninterrupted.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0)
     weights = _compare_blocks(
-        [_np(w) for w in loaded.weights], [_np(w) for w in uninterrupted.weights], _float32_trajectory_rtol(), "2+2 vs 4 epochs"
+        [_np(w) for w in loaded.weights],
+        [_np(w) for w in uninterrupted.weights],
+        _float32_trajectory_rtol(),
+        "2+2 vs 4 epochs",
     )
     state = _compare_blocks(
         [_np(v) for v in loaded.optimizer.variables],
@@ -1172,7 +1237,9 @@ def check_mixed_bfloat16() -> _Result:
     model, optimizer, losses = _mixed_precision_run("mixed_bfloat16")
     compute = {layer.compute_dtype for layer in model.layers if layer.weights}
     state = _optimizer_state(optimizer)
-    dtypes = {keras.backend.standardize_dtype(v.dtype) for v in [*optimizer.scales, optimizer.max_gsnr, *optimizer.momentums]}
+    dtypes = {
+        keras.backend.standardize_dtype(v.dtype) for v in [*optimizer.scales, optimizer.max_gsnr, *optimizer.momentums]
+    }
     ok = (
         compute == {"bfloat16"}
         and dtypes == {"float32"}
@@ -1203,7 +1270,9 @@ def check_mixed_float16_loss_scaling() -> _Result:
         and bool(np.all(np.isfinite(losses)))
         and losses[-1] < losses[0]
     )
-    return _Result(ok, f"loss scale {float(_np(wrapper.dynamic_scale))}, state dtypes {dtypes}, state {state}, losses {losses}")
+    return _Result(
+        ok, f"loss scale {float(_np(wrapper.dynamic_scale))}, state dtypes {dtypes}, state {state}, losses {losses}"
+    )
 
 
 def _distributed_vs_single(distributed: Callable[[], Any], batch: int) -> _Result:
@@ -1292,7 +1361,9 @@ def check_distribution_mirrored_2() -> _Result:
     strategy = tf.distribute.MirroredStrategy(devices[:2])
     result = _distributed_vs_single(strategy.scope, batch=8)
     deferred = _distributed_zero_first_batch(strategy.scope)
-    return _Result(result.ok and deferred.ok, f"MirroredStrategy over {devices[:2]}; {result.detail}; {deferred.detail}")
+    return _Result(
+        result.ok and deferred.ok, f"MirroredStrategy over {devices[:2]}; {result.detail}; {deferred.detail}"
+    )
 
 
 def conformance_results(compiled: bool, float64_only: bool) -> list[dict[str, Any]]:
@@ -1392,7 +1463,11 @@ def run(config: str, only: str | None) -> dict[str, Any]:
             group_results = {n: _Result(False, traceback.format_exc()) for n in names}
         for name in names:
             result = group_results.get(name, _Result(False, f"{prefix} did not report {name}"))
-            checks[name] = {"ok": bool(result.ok), "detail": result.detail, "seconds": round(time.perf_counter() - t0, 2)}
+            checks[name] = {
+                "ok": bool(result.ok),
+                "detail": result.detail,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
     if any(n.startswith("fit[") for n in wanted):
         t0 = time.perf_counter()
         try:
@@ -1406,7 +1481,11 @@ def run(config: str, only: str | None) -> dict[str, Any]:
         for label, compiled in conformance_plan(config):
             t0 = time.perf_counter()
             conformance[label] = conformance_results(compiled, float64_only=(config == "jax-x64"))
-            checks[f"conformance-{label}-seconds"] = {"ok": True, "detail": "", "seconds": round(time.perf_counter() - t0, 2)}
+            checks[f"conformance-{label}-seconds"] = {
+                "ok": True,
+                "detail": "",
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
     return {
         "config": config,
         "backend": keras.backend.backend(),
@@ -1427,7 +1506,12 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "w") as handle:
         json.dump(results, handle, indent=1)
     failed = [n for n, c in results["checks"].items() if not c["ok"]]
-    failed += [f"{r['runner']} {r['case']} {r['mode']}" for rows in results["conformance"].values() for r in rows if r["status"] not in ("pass", "n/a", "xfail")]
+    failed += [
+        f"{r['runner']} {r['case']} {r['mode']}"
+        for rows in results["conformance"].values()
+        for r in rows
+        if r["status"] not in ("pass", "n/a", "xfail")
+    ]
     print(f"{config}: {len(results['checks'])} checks, {len(failed)} failed, {results['seconds']} s", file=sys.stderr)
     for name in failed:
         print(f"  FAILED {name}", file=sys.stderr)

@@ -61,5 +61,12 @@ def test_harness_reports_a_wrong_port(mode):
     result = check_case(_BiasedStdRunner(), case, mode)
     assert result.status == "fail"
     assert result.step == 0 and result.field in {"params", "scale"}
-    for needle in ("backend biased-std", "case shapes-paper-float64", "step 1", "max abs err", "max rel err", "Rerun: sai-conformance run --backend biased-std --case shapes-paper-float64"):
+    for needle in (
+        "backend biased-std",
+        "case shapes-paper-float64",
+        "step 1",
+        "max abs err",
+        "max rel err",
+        "Rerun: sai-conformance run --backend biased-std --case shapes-paper-float64",
+    ):
         assert needle in result.detail

@@ -360,7 +360,11 @@ def test_core_uses_exactly_the_namespace_contract(preset):
         dtype=array_api_strict.float32,
         preset=preset,
     )
-    grads = [array_api_strict.ones((3, 4)), array_api_strict.asarray([1.0, 2.0, 3.0, 4.0, 6.0]), array_api_strict.ones(())]
+    grads = [
+        array_api_strict.ones((3, 4)),
+        array_api_strict.asarray([1.0, 2.0, 3.0, 4.0, 6.0]),
+        array_api_strict.ones(()),
+    ]
     opt.step(grads)
     opt.step(grads)
     assert recorder.used <= set(NAMESPACE_CONTRACT), recorder.used - set(NAMESPACE_CONTRACT)

@@ -79,7 +79,9 @@ def test_paper_with_converted_lr_and_weight_decay_is_the_same_run():
     for name, value in zip(("W2", "b2"), paper.params):
         np.testing.assert_allclose(value, COMPUTED[name], rtol=1e-13, atol=0)
     # The same numbers unconverted are a different run: the conversion is what makes them equal.
-    unconverted = ReferenceSGDSaI([DOC_VALUES["W0"], DOC_VALUES["b0"]], lr=LR, momentum=MU, weight_decay=WD, preset="paper")
+    unconverted = ReferenceSGDSaI(
+        [DOC_VALUES["W0"], DOC_VALUES["b0"]], lr=LR, momentum=MU, weight_decay=WD, preset="paper"
+    )
     for g in grads:
         unconverted.step(g)
     assert np.max(np.abs(unconverted.params[0] - COMPUTED["W2"])) > 1e-2

@@ -26,8 +26,9 @@ jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
 jnp = jax.numpy
 
-import sai_jax  # noqa: E402
 from jax_helpers import restore, save  # noqa: E402
+
+import sai_jax  # noqa: E402
 
 PARAMS = {"w": jnp.arange(12.0).reshape(4, 3) / 7, "b": jnp.array([0.5, -1.0, 2.0])}
 GRADS = {"w": jnp.linspace(-1.0, 2.0, 12).reshape(4, 3), "b": jnp.array([1.0, 0.0, -1.0])}
@@ -71,37 +72,82 @@ def _plain_momentum0_state_in_injected() -> Any:
 
 FAULTS = [
     # Leaves that are not real floating point.
-    Fault("complex gradient (its imaginary part used to be dropped silently)", sai_jax.sgd_sai,
-          lambda: _with(GRADS, w=GRADS["w"].astype(jnp.complex64)), message="Invalid gradient at ['w']: dtype complex64"),
-    Fault("complex parameter", sai_jax.sgd_sai, params=lambda: _with(PARAMS, b=PARAMS["b"].astype(jnp.complex64)),
-          message="Invalid parameter at ['b']: dtype complex64"),
-    Fault("float0 gradient of an integer input (used to be 'setting an array element with a sequence')",
-          sai_jax.sgd_sai, _float0_gradient, params=lambda: _with(PARAMS, steps=jnp.zeros(())),
-          message="Invalid gradient at ['steps']: dtype [('float0', 'V')]"),
-    Fault("integer gradient", sai_jax.sgd_sai, lambda: _with(GRADS, b=jnp.ones(3, jnp.int32)),
-          message="Invalid gradient at ['b']: dtype int32"),
-    Fault("bool parameter", sai_jax.sgd_sai, params=lambda: _with(PARAMS, mask=jnp.ones(3, bool)),
-          message="Invalid parameter at ['mask']: dtype bool"),
-    Fault("complex gradient, parameter groups",
-          lambda: sai_jax.sgd_sai_groups({"a": {}, "b": {"momentum": 0.0}}, {"w": "a", "b": "b"}),
-          lambda: _with(GRADS, b=GRADS["b"].astype(jnp.complex64)), message="Invalid gradient at ['b']: dtype complex64"),
+    Fault(
+        "complex gradient (its imaginary part used to be dropped silently)",
+        sai_jax.sgd_sai,
+        lambda: _with(GRADS, w=GRADS["w"].astype(jnp.complex64)),
+        message="Invalid gradient at ['w']: dtype complex64",
+    ),
+    Fault(
+        "complex parameter",
+        sai_jax.sgd_sai,
+        params=lambda: _with(PARAMS, b=PARAMS["b"].astype(jnp.complex64)),
+        message="Invalid parameter at ['b']: dtype complex64",
+    ),
+    Fault(
+        "float0 gradient of an integer input (used to be 'setting an array element with a sequence')",
+        sai_jax.sgd_sai,
+        _float0_gradient,
+        params=lambda: _with(PARAMS, steps=jnp.zeros(())),
+        message="Invalid gradient at ['steps']: dtype [('float0', 'V')]",
+    ),
+    Fault(
+        "integer gradient",
+        sai_jax.sgd_sai,
+        lambda: _with(GRADS, b=jnp.ones(3, jnp.int32)),
+        message="Invalid gradient at ['b']: dtype int32",
+    ),
+    Fault(
+        "bool parameter",
+        sai_jax.sgd_sai,
+        params=lambda: _with(PARAMS, mask=jnp.ones(3, bool)),
+        message="Invalid parameter at ['mask']: dtype bool",
+    ),
+    Fault(
+        "complex gradient, parameter groups",
+        lambda: sai_jax.sgd_sai_groups({"a": {}, "b": {"momentum": 0.0}}, {"w": "a", "b": "b"}),
+        lambda: _with(GRADS, b=GRADS["b"].astype(jnp.complex64)),
+        message="Invalid gradient at ['b']: dtype complex64",
+    ),
     # Gradients that do not fit the parameters or the state.
-    Fault("gradient of the wrong shape (used to broadcast silently)", sai_jax.sgd_sai,
-          lambda: _with(GRADS, w=GRADS["w"][:1]), message="Invalid gradient at ['w']: shape (1, 3), but the parameter has shape (4, 3)"),
-    Fault("gradient of the wrong shape, momentum 0 (checked against params)", lambda: sai_jax.sgd_sai(momentum=0.0),
-          lambda: _with(GRADS, b=GRADS["b"][:1]), message="Invalid gradient at ['b']: shape (1,), but the parameter has shape (3,)"),
-    Fault("gradient tree without a leaf of the state", sai_jax.sgd_sai, lambda: {"w": GRADS["w"]},
-          update_params=lambda: {"w": PARAMS["w"]}, message="Invalid gradients: structure PyTreeDef({'w': *}) does not match"),
-    Fault("plain momentum-0 state in an injected optimizer", lambda: _injected(momentum=0.0), lambda: GRADS,
-          state=_plain_momentum0_state_in_injected, message="static_args=(\"momentum\",)", jit=False),
+    Fault(
+        "gradient of the wrong shape (used to broadcast silently)",
+        sai_jax.sgd_sai,
+        lambda: _with(GRADS, w=GRADS["w"][:1]),
+        message="Invalid gradient at ['w']: shape (1, 3), but the parameter has shape (4, 3)",
+    ),
+    Fault(
+        "gradient of the wrong shape, momentum 0 (checked against params)",
+        lambda: sai_jax.sgd_sai(momentum=0.0),
+        lambda: _with(GRADS, b=GRADS["b"][:1]),
+        message="Invalid gradient at ['b']: shape (1,), but the parameter has shape (3,)",
+    ),
+    Fault(
+        "gradient tree without a leaf of the state",
+        sai_jax.sgd_sai,
+        lambda: {"w": GRADS["w"]},
+        update_params=lambda: {"w": PARAMS["w"]},
+        message="Invalid gradients: structure PyTreeDef({'w': *}) does not match",
+    ),
+    Fault(
+        "plain momentum-0 state in an injected optimizer",
+        lambda: _injected(momentum=0.0),
+        lambda: GRADS,
+        state=_plain_momentum0_state_in_injected,
+        message='static_args=("momentum",)',
+        jit=False,
+    ),
     # Hyperparameters (sai_core.validate_hyperparameters refuses a passed None).
     Fault("momentum None", lambda: sai_jax.sgd_sai(momentum=None), message="Invalid momentum: None"),
     Fault("eps None", lambda: sai_jax.sgd_sai(eps=None), message="Invalid eps: None"),
     Fault("learning_rate None", lambda: sai_jax.sgd_sai(learning_rate=None), message="Invalid learning_rate: None"),
     Fault("weight_decay None", lambda: sai_jax.sgd_sai(weight_decay=None), message="Invalid weight_decay: None"),
     Fault("injected momentum None", lambda: _injected(momentum=None).init(PARAMS), message="Invalid momentum: None"),
-    Fault("a group's momentum None", lambda: sai_jax.sgd_sai_groups({"a": {"momentum": None}}, {"w": "a", "b": "a"}),
-          message="groups['a']: Invalid momentum: None"),
+    Fault(
+        "a group's momentum None",
+        lambda: sai_jax.sgd_sai_groups({"a": {"momentum": None}}, {"w": "a", "b": "a"}),
+        message="groups['a']: Invalid momentum: None",
+    ),
     Fault("momentum 1", lambda: sai_jax.sgd_sai(momentum=1.0), message="Invalid momentum: 1.0"),
 ]
 
@@ -207,7 +253,10 @@ INTERCHANGES = [
 
 def _problem() -> tuple[dict, list[dict]]:
     rng = np.random.default_rng(3)
-    params = {"w": jnp.asarray(rng.standard_normal((5, 4)), jnp.float32), "b": jnp.asarray(rng.standard_normal(4), jnp.float32)}
+    params = {
+        "w": jnp.asarray(rng.standard_normal((5, 4)), jnp.float32),
+        "b": jnp.asarray(rng.standard_normal(4), jnp.float32),
+    }
     grads = [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape) + 0.2, p.dtype), params) for _ in range(6)]
     grads[0]["b"] = jnp.zeros(4)  # b waits for its first informative gradient (step 2)
     return params, grads
@@ -247,7 +296,9 @@ def test_a_checkpoint_of_one_continues_identically_in_the_other(momentum, static
     save(tmp_path / "sai.npz", first.sai_state(state))
     template = second.opt.init(params0)
     restored = restore(tmp_path / "sai.npz", second.sai_state(template))
-    resumed, _ = _train(second, restore(tmp_path / "params.npz", params0), second.with_sai_state(template, restored), grads[3:])
+    resumed, _ = _train(
+        second, restore(tmp_path / "params.npz", params0), second.with_sai_state(template, restored), grads[3:]
+    )
     for name in params0:
         np.testing.assert_array_equal(np.asarray(resumed[name]), np.asarray(uninterrupted[name]), err_msg=name)
 

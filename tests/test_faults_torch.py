@@ -91,7 +91,10 @@ STEP_FAULTS = [
     ("lr set to None by a schedule", _set("lr", None), ValueError, "Invalid lr: None"),
     ("momentum set to None", _set("momentum", None), ValueError, "Invalid momentum: None"),
     (
-        "weight_decay set to None (second group)", _set("weight_decay", None, 1), ValueError, "Invalid weight_decay: None"
+        "weight_decay set to None (second group)",
+        _set("weight_decay", None, 1),
+        ValueError,
+        "Invalid weight_decay: None",
     ),
     ("lr set to nan by a schedule", _set("lr", float("nan")), ValueError, "Invalid lr: nan"),
     ("momentum set to 1", _set("momentum", 1.0), ValueError, "Invalid momentum: 1.0"),

@@ -48,7 +48,9 @@ def test_golden_vectors_are_current(tmp_path):
     committed = sorted(p.name for p in GOLDEN_PACKAGE_DIR.glob("*.json"))
     assert sorted(p.name for p in written) == committed, "case list changed: run python -m sai_conformance.generate"
     match, mismatch, errors = filecmp.cmpfiles(tmp_path, GOLDEN_PACKAGE_DIR, committed, shallow=False)
-    assert not mismatch and not errors, f"stale golden files {mismatch + errors}: run python -m sai_conformance.generate"
+    assert not mismatch and not errors, (
+        f"stale golden files {mismatch + errors}: run python -m sai_conformance.generate"
+    )
 
 
 @pytest.mark.parametrize("feature", REQUIRED_FEATURES)

@@ -23,6 +23,7 @@ pytest.importorskip("lightning")
 import lightning as L
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+
 from sai_torch import SGDSaI
 
 # Lightning's own notices about this test's layout (a new checkpoint folder per run) and its

@@ -18,6 +18,7 @@ import pytest
 
 pytest.importorskip("torch")
 import torch
+
 from sai_torch import SGDSaI
 
 

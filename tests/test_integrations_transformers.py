@@ -21,6 +21,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers.Trainer refuses to run without it
 import torch
+
 from sai_torch import SGDSaI
 
 MAX_STEPS = 6  # 4 batches per epoch: the checkpoint at step 3 is mid-epoch

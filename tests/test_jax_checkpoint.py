@@ -16,9 +16,9 @@ jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
 jnp = jax.numpy
 
-import sai_jax  # noqa: E402
 from jax_helpers import restore, save  # noqa: E402
 
+import sai_jax  # noqa: E402
 
 OPTIMIZERS = [
     pytest.param(lambda: sai_jax.sgd_sai(optax.linear_schedule(0.01, 0.001, 6)), id="sgd_sai with a schedule"),
@@ -40,7 +40,9 @@ OPTIMIZERS = [
 def test_resume_from_a_numpy_checkpoint_is_exact(make, dtype, late, tmp_path):
     rng = np.random.default_rng(0)
     params0 = {"w": jnp.asarray(rng.standard_normal((6, 5)), dtype), "b": jnp.asarray(rng.standard_normal(5), dtype)}
-    grads = [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape) + 0.3, p.dtype), params0) for _ in range(6)]
+    grads = [
+        jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape) + 0.3, p.dtype), params0) for _ in range(6)
+    ]
     if late:  # b: a NaN gradient, then zeros (both uninformative), until step 5
         grads[0]["b"] = grads[0]["b"].at[2].set(jnp.nan)
         for step in (1, 2, 3):
@@ -72,7 +74,9 @@ def test_resume_from_a_numpy_checkpoint_is_exact(make, dtype, late, tmp_path):
     params = restore(tmp_path / "params.npz", params0)
     state = restore(tmp_path / "opt_state.npz", opt.init(params0))
     assert jax.tree.structure(state) == jax.tree.structure(saved_state)
-    assert jax.tree.all(jax.tree.map(lambda a, b: a.dtype == b.dtype and bool(jnp.array_equal(a, b)), state, saved_state))
+    assert jax.tree.all(
+        jax.tree.map(lambda a, b: a.dtype == b.dtype and bool(jnp.array_equal(a, b)), state, saved_state)
+    )
     for g in grads[3:]:
         params, state = step(params, state, g)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(uninterrupted)):

@@ -201,7 +201,7 @@ def test_extreme_float32_first_gradients_give_the_reference_scales(case, preset,
     with np.errstate(over="ignore", under="ignore"):
         squares = np.sum(np.square(np.asarray(first["big"])))  # what the unscaled formula would see
     assert (not np.isfinite(squares)) if case.magnitude > 1 else squares == 0.0
-    (_, sai), = _run(sai_jax.sgd_sai(1e-3, eps=0.0, preset=preset), params, [first], jit=jit)
+    ((_, sai),) = _run(sai_jax.sgd_sai(1e-3, eps=0.0, preset=preset), params, [first], jit=jit)
     ((_, ref_scales, ref_max),) = _reference(params, [first], lr=1e-3, eps=0.0, preset=preset)
     rtol = TOLERANCES["float32"].one_step
     for index, k in enumerate(sorted(params)):

@@ -43,7 +43,9 @@ OPTIMIZERS = [
     OptimizerCase("sgd_sai with no arguments (lr 1e-3, preset sgd-sai)", lambda: sai_jax.sgd_sai(), toy_steps=1500),
     OptimizerCase("sgd_sai lr 0.03", lambda: sai_jax.sgd_sai(0.03)),
     OptimizerCase("sgd_sai momentum 0 (no buffer)", lambda: sai_jax.sgd_sai(0.03, momentum=0.0)),
-    OptimizerCase("sgd_sai no weight decay, momentum 0.95", lambda: sai_jax.sgd_sai(0.03, momentum=0.95, weight_decay=0.0)),
+    OptimizerCase(
+        "sgd_sai no weight decay, momentum 0.95", lambda: sai_jax.sgd_sai(0.03, momentum=0.95, weight_decay=0.0)
+    ),
     OptimizerCase(
         "sgd_sai preset paper (lr * M, wd / M)",
         lambda: sai_jax.sgd_sai(0.3, weight_decay=1e-3, preset="paper"),
@@ -157,7 +159,9 @@ def test_converges_on_a_toy_problem(case):
 INJECT_SETTINGS = [
     pytest.param(dict(), id="no arguments"),
     pytest.param(dict(learning_rate=0.01), id="learning rate only"),
-    pytest.param(dict(learning_rate=0.005, momentum=0.5, weight_decay=0.1, eps=1e-6), id="every numeric hyperparameter"),
+    pytest.param(
+        dict(learning_rate=0.005, momentum=0.5, weight_decay=0.1, eps=1e-6), id="every numeric hyperparameter"
+    ),
     pytest.param(dict(learning_rate=optax.linear_schedule(0.01, 0.0, 5)), id="learning-rate schedule"),
     pytest.param(dict(learning_rate=0.01, preset="sgd-sai-1.0.3", maximize=True), id="static preset and maximize"),
     pytest.param(dict(learning_rate=0.05, preset="paper", weight_decay=1e-3), id="preset paper"),
@@ -228,16 +232,23 @@ def _shapes_of(tree: Any) -> Any:
         pytest.param(lambda: optax.inject_hyperparams(sai_jax.sgd_sai)(), True, id="inject_hyperparams"),
         # An injected momentum is an array, unknown at trace time: a buffer is kept even for 0,
         # so this state's structure differs from the plain momentum-0 one (docs/jax.md) ...
-        pytest.param(lambda: optax.inject_hyperparams(sai_jax.sgd_sai)(momentum=0.0), True, id="inject_hyperparams momentum 0"),
+        pytest.param(
+            lambda: optax.inject_hyperparams(sai_jax.sgd_sai)(momentum=0.0), True, id="inject_hyperparams momentum 0"
+        ),
         # ... unless the momentum is static: then it is the plain structure.
         pytest.param(
             lambda: optax.inject_hyperparams(sai_jax.sgd_sai, static_args=("momentum",))(momentum=0.0),
             False,
             id="inject_hyperparams static momentum 0",
         ),
-        pytest.param(lambda: sai_jax.sgd_sai_groups({"a": {}, "b": {"momentum": 0.5}}, {"w": "a", "b": "b"}), True, id="sgd_sai_groups"),
         pytest.param(
-            lambda: sai_jax.sgd_sai_groups({"a": {"momentum": 0.0}, "b": {}}, {"w": "a", "b": "a"}), False,
+            lambda: sai_jax.sgd_sai_groups({"a": {}, "b": {"momentum": 0.5}}, {"w": "a", "b": "b"}),
+            True,
+            id="sgd_sai_groups",
+        ),
+        pytest.param(
+            lambda: sai_jax.sgd_sai_groups({"a": {"momentum": 0.0}, "b": {}}, {"w": "a", "b": "a"}),
+            False,
             id="sgd_sai_groups, every used group momentum 0",
         ),
     ],

@@ -59,7 +59,9 @@ class LayoutCase:
 LAYOUTS = [
     LayoutCase("float32 defaults", "float32", {}, "float32", "float32"),
     LayoutCase("bfloat16 keeps a bfloat16 buffer, float32 statistics", "bfloat16", {}, "bfloat16", "float32"),
-    LayoutCase("bfloat16 with accumulator_dtype float32", "bfloat16", {"accumulator_dtype": jnp.float32}, "float32", "float32"),
+    LayoutCase(
+        "bfloat16 with accumulator_dtype float32", "bfloat16", {"accumulator_dtype": jnp.float32}, "float32", "float32"
+    ),
     LayoutCase("momentum 0 keeps no buffer", "float32", {"momentum": 0.0}, None, "float32"),
     LayoutCase("float64 under x64", "float64", {}, "float64", "float64"),
 ]
@@ -130,9 +132,13 @@ BAD_ARGUMENTS = [
         ValueError,
         "Invalid weight_decay: a pytree",
     ),
-    BadArgument("maximize as text", lambda: sai_jax.sgd_sai(0.1, maximize="yes"), ValueError, "Invalid maximize: 'yes'"),
+    BadArgument(
+        "maximize as text", lambda: sai_jax.sgd_sai(0.1, maximize="yes"), ValueError, "Invalid maximize: 'yes'"
+    ),
     BadArgument("unknown preset", lambda: sai_jax.sgd_sai(0.1, preset="adam"), ValueError, "Invalid preset: 'adam'"),
-    BadArgument("bad knob value", lambda: sai_jax.scale_by_sai(normalize="mean"), ValueError, "Invalid normalize: 'mean'"),
+    BadArgument(
+        "bad knob value", lambda: sai_jax.scale_by_sai(normalize="mean"), ValueError, "Invalid normalize: 'mean'"
+    ),
     BadArgument("unknown keyword", lambda: sai_jax.sgd_sai(0.1, nesterov=True), TypeError, "nesterov"),
     BadArgument(
         "integer accumulator",
@@ -215,14 +221,30 @@ class NonFloatLeaf:
 
 
 NON_FLOAT_LEAVES = [
-    NonFloatLeaf("integer parameter", {"w": jnp.ones(3), "step": jnp.zeros((), jnp.int32)}, None,
-                 "Invalid parameter at ['step']: dtype int32"),
-    NonFloatLeaf("bool parameter", {"w": jnp.ones(3), "mask": jnp.ones(3, bool)}, None,
-                 "Invalid parameter at ['mask']: dtype bool"),
-    NonFloatLeaf("complex parameter", {"z": jnp.ones(3, jnp.complex64)}, None, "Invalid parameter at ['z']: dtype complex64"),
-    NonFloatLeaf("float0 gradient (jax.grad of an integer input)", {"w": jnp.ones(3)},
-                 {"w": np.zeros(3, jax.dtypes.float0)}, "Invalid gradient at ['w']: dtype [('float0', 'V')]"),
-    NonFloatLeaf("integer gradient", {"w": jnp.ones(3)}, {"w": jnp.ones(3, jnp.int32)}, "Invalid gradient at ['w']: dtype int32"),
+    NonFloatLeaf(
+        "integer parameter",
+        {"w": jnp.ones(3), "step": jnp.zeros((), jnp.int32)},
+        None,
+        "Invalid parameter at ['step']: dtype int32",
+    ),
+    NonFloatLeaf(
+        "bool parameter",
+        {"w": jnp.ones(3), "mask": jnp.ones(3, bool)},
+        None,
+        "Invalid parameter at ['mask']: dtype bool",
+    ),
+    NonFloatLeaf(
+        "complex parameter", {"z": jnp.ones(3, jnp.complex64)}, None, "Invalid parameter at ['z']: dtype complex64"
+    ),
+    NonFloatLeaf(
+        "float0 gradient (jax.grad of an integer input)",
+        {"w": jnp.ones(3)},
+        {"w": np.zeros(3, jax.dtypes.float0)},
+        "Invalid gradient at ['w']: dtype [('float0', 'V')]",
+    ),
+    NonFloatLeaf(
+        "integer gradient", {"w": jnp.ones(3)}, {"w": jnp.ones(3, jnp.int32)}, "Invalid gradient at ['w']: dtype int32"
+    ),
 ]
 
 
@@ -513,7 +535,10 @@ UNUSED_CASES = [
 @pytest.mark.parametrize("case", UNUSED_CASES, ids=[c.desc for c in UNUSED_CASES])
 def test_an_unused_parameter_gets_zero_gradients(case):
     # JAX has no absent gradient: a parameter the loss does not use gets exact zeros.
-    params = {"used": jnp.asarray(np.linspace(-1.0, 2.0, 12).reshape(3, 4), jnp.float32), "unused": jnp.ones(9, jnp.float32)}
+    params = {
+        "used": jnp.asarray(np.linspace(-1.0, 2.0, 12).reshape(3, 4), jnp.float32),
+        "unused": jnp.ones(9, jnp.float32),
+    }
 
     def loss(p):
         return jnp.sum((p["used"] - 0.5) ** 2)

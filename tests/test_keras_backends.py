@@ -67,7 +67,12 @@ def _installed(config: str) -> bool:
 
 def _params(rows: list[tuple], ids: list[str]) -> list[Any]:
     return [
-        pytest.param(*row, id=name, marks=[pytest.mark.slow] + ([] if _installed(row[0]) else [pytest.mark.skip(reason=f"{CONFIGS[row[0]][0]} or keras not installed")]))
+        pytest.param(
+            *row,
+            id=name,
+            marks=[pytest.mark.slow]
+            + ([] if _installed(row[0]) else [pytest.mark.skip(reason=f"{CONFIGS[row[0]][0]} or keras not installed")]),
+        )
         for row, name in zip(rows, ids)
     ]
 
@@ -170,7 +175,8 @@ def test_keras_check(keras_results, config, check):
 
 
 @pytest.mark.parametrize(
-    "config,label,case,mode", _params(CONFORMANCE_ROWS, [f"{c}-{label}-{case}-{mode}" for c, label, case, mode in CONFORMANCE_ROWS])
+    "config,label,case,mode",
+    _params(CONFORMANCE_ROWS, [f"{c}-{label}-{case}-{mode}" for c, label, case, mode in CONFORMANCE_ROWS]),
 )
 def test_keras_conformance(keras_results, config, label, case, mode):
     rows = _results(keras_results, config)["conformance"].get(label, [])

@@ -341,7 +341,10 @@ def test_float32_overflowing_first_gradient_gives_float64_scales():
     from sai_conformance._tolerances import TOLERANCES
 
     rng = np.random.default_rng(5)
-    grads = [((0.3 + rng.standard_normal((16, 8))) * 1e30).astype(np.float32), rng.standard_normal(7).astype(np.float32)]
+    grads = [
+        ((0.3 + rng.standard_normal((16, 8))) * 1e30).astype(np.float32),
+        rng.standard_normal(7).astype(np.float32),
+    ]
     f32 = ReferenceSGDSaI([np.ones((16, 8)), np.ones(7)], dtype=np.float32)
     f64 = ReferenceSGDSaI([np.ones((16, 8)), np.ones(7)])
     f32.step(grads)

@@ -47,7 +47,10 @@ def _mlp() -> torch.nn.Module:
 def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
     return [
-        (torch.randn(8, 6, generator=generator, dtype=torch.float64), torch.randn(8, 4, generator=generator, dtype=torch.float64))
+        (
+            torch.randn(8, 6, generator=generator, dtype=torch.float64),
+            torch.randn(8, 4, generator=generator, dtype=torch.float64),
+        )
         for _ in range(STEPS)
     ]
 
@@ -92,7 +95,13 @@ PORT_RESUME_CASES = [
         {"lr": 1e-2, "momentum": 0.5, "weight_decay": 0.1},
         {},
     ),
-    ("pytorch-optimizer 4, momentum 0", pytorch_optimizer.SGDSaI, "pytorch-optimizer-4", {"lr": 1e-2, "momentum": 0.0}, {}),
+    (
+        "pytorch-optimizer 4, momentum 0",
+        pytorch_optimizer.SGDSaI,
+        "pytorch-optimizer-4",
+        {"lr": 1e-2, "momentum": 0.0},
+        {},
+    ),
     # pytorch-optimizer keeps maximize as an attribute, not in its state dict: the loading
     # optimizer's own flag is kept.
     (

@@ -30,9 +30,7 @@ RTOL = 1e-5
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("distributed") / "results.pt"
-    completed = subprocess.run(
-        [sys.executable, str(WORKER), str(out)], capture_output=True, text=True, timeout=180
-    )
+    completed = subprocess.run([sys.executable, str(WORKER), str(out)], capture_output=True, text=True, timeout=180)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return torch.load(out)
 

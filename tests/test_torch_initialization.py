@@ -19,11 +19,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch_helpers import assert_normwise_close  # noqa: E402
+
 import sai_torch._fused as fused_module  # noqa: E402
 from sai_conformance._tolerances import TOLERANCES  # noqa: E402
 from sai_core import NonFiniteGradientWarning, ReferenceSGDSaI  # noqa: E402
 from sai_torch import SGDSaI  # noqa: E402
-from torch_helpers import assert_normwise_close  # noqa: E402
 
 PATHS = {"per-tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -186,7 +187,9 @@ def test_uninformative_first_gradient_is_as_if_absent(
     _assert_close(snapshots[1][BAD][1]["max_gsnr"], float(reference.max_gsnr), rtol, "M")
     reference = _reference(initial, grads, preset=preset, **knobs)
     for block, (got, want) in enumerate(zip(params, reference.params)):
-        assert_normwise_close(got, torch.from_numpy(want), TOLERANCES[dtype_name].trajectory, f"params of block {block}")
+        assert_normwise_close(
+            got, torch.from_numpy(want), TOLERANCES[dtype_name].trajectory, f"params of block {block}"
+        )
     assert len(caught) == expected_warnings
 
 
@@ -219,7 +222,9 @@ def test_zero_first_gradient_initializes_under_zero_gradient_degenerate(
     _assert_close(state["max_gsnr"], float(reference.max_gsnr), rtol, "M")
     reference = _reference(initial, grads, preset=preset, **knobs)
     for block, (got, want) in enumerate(zip(params, reference.params)):
-        assert_normwise_close(got, torch.from_numpy(want), TOLERANCES[dtype_name].trajectory, f"params of block {block}")
+        assert_normwise_close(
+            got, torch.from_numpy(want), TOLERANCES[dtype_name].trajectory, f"params of block {block}"
+        )
     assert not caught
 
 
@@ -256,7 +261,7 @@ def test_extreme_first_gradients_give_the_references_scales(path: str, dtype_nam
 LARGE_TENSOR_MAGNITUDE = {"float32": 1e16, "float64": 1e152}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _large_tensor_case(dtype_name: str) -> tuple[torch.Tensor, float]:
     dtype = DTYPES[dtype_name]
     generator = torch.Generator().manual_seed(5)
@@ -300,7 +305,9 @@ def test_zero_size_tensor_alone_at_step_one_never_sets_m(path: str, dtype_name: 
     assert params[0] not in opt.state and params[0].shape == (0, 4)
     reference = _reference(initial, grads, preset="paper")
     for block, (got, want) in enumerate(zip(params, reference.params)):
-        assert_normwise_close(got, torch.from_numpy(want), TOLERANCES[dtype_name].trajectory, f"params of block {block}")
+        assert_normwise_close(
+            got, torch.from_numpy(want), TOLERANCES[dtype_name].trajectory, f"params of block {block}"
+        )
     assert not caught
 
 
@@ -345,7 +352,9 @@ def test_non_finite_first_gradient_warns_once_per_tensor_naming_it(
 
 @over_dtypes
 @over_paths
-def test_initialization_reads_the_device_once_per_step(monkeypatch: pytest.MonkeyPatch, path: str, dtype_name: str) -> None:
+def test_initialization_reads_the_device_once_per_step(
+    monkeypatch: pytest.MonkeyPatch, path: str, dtype_name: str
+) -> None:
     dtype = DTYPES[dtype_name]
     shapes = ((64, 32), (32,), (4, 4), (), (0, 2))
     params = [torch.nn.Parameter(t) for t in _initial(shapes, dtype)]
@@ -380,7 +389,9 @@ def test_initialization_reads_the_device_once_per_step(monkeypatch: pytest.Monke
             for step in range(6):
                 for block, p in enumerate(params):
                     kind = plan.get(step, {}).get(block)
-                    p.grad = _normal_grad(p.shape, step, block, dtype) if kind is None else _bad_grad(kind, p.shape, dtype)
+                    p.grad = (
+                        _normal_grad(p.shape, step, block, dtype) if kind is None else _bad_grad(kind, p.shape, dtype)
+                    )
                 transfers.clear()
                 opt.step()
                 per_step.append(len(transfers))

@@ -19,11 +19,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch_helpers import assert_normwise_close  # noqa: E402
 
 import sai_core  # noqa: E402
 import sai_torch._fused as fused_module  # noqa: E402
 from sai_torch import SGDSaI  # noqa: E402
-from torch_helpers import assert_normwise_close  # noqa: E402
 
 
 def _params(*shapes: tuple[int, ...], seed: int = 0) -> list[torch.nn.Parameter]:
@@ -376,7 +376,10 @@ def test_state_dict_records_scale_max_and_knobs() -> None:
     state = opt.state_dict()
     assert set(state["state"][0]) == {"momentum_buffer", "scale", "max_gsnr"}
     assert isinstance(state["state"][0]["scale"], float)
-    assert state["sai_config"] == {"preset": "pytorch-optimizer-4", **sai_core.resolve_config("pytorch-optimizer-4").knobs()}
+    assert state["sai_config"] == {
+        "preset": "pytorch-optimizer-4",
+        **sai_core.resolve_config("pytorch-optimizer-4").knobs(),
+    }
 
 
 def test_loading_a_checkpoint_made_with_other_knobs_raises() -> None:
@@ -545,7 +548,9 @@ def _forbid_host_reads(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(torch.Tensor, name, forbidden)
 
 
-@pytest.mark.parametrize("options", [case[1] for case in STEADY_STEP_PATHS], ids=[case[0] for case in STEADY_STEP_PATHS])
+@pytest.mark.parametrize(
+    "options", [case[1] for case in STEADY_STEP_PATHS], ids=[case[0] for case in STEADY_STEP_PATHS]
+)
 def test_steady_step_reads_no_value_on_the_host(monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]) -> None:
     options = dict(options)
     dtype = options.pop("dtype", torch.float64)

@@ -12,10 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+
 import sai_torch._functional as functional  # noqa: E402
 import sai_torch._fused as fused_module  # noqa: E402
 from sai_torch import SGDSaI  # noqa: E402
-from torch_helpers import assert_normwise_close  # noqa: E402
 
 # In float32 and float64 every path rounds where update_momentum and update_param round (one
 # rounding per product and per sum, no FMA contraction), so they agree bit for bit: no tolerance.
@@ -131,7 +131,9 @@ def test_low_precision_paths_equal_per_tensor_path_bit_for_bit(
     for block, (p, q) in enumerate(zip(reference, other)):
         _assert_equal(q.detach(), p.detach(), f"{path}: {dtype} params of block {block}")
         _assert_equal(
-            other_opt.state[q]["momentum_buffer"], ref_opt.state[p]["momentum_buffer"], f"{path}: {dtype} buffer {block}"
+            other_opt.state[q]["momentum_buffer"],
+            ref_opt.state[p]["momentum_buffer"],
+            f"{path}: {dtype} buffer {block}",
         )
 
 
@@ -141,7 +143,11 @@ TILE_CASES = [
     ("16 elements per chunk and tile", 128, 128),
     ("small tensors share tiles", 4096, 1024),
 ]
-@pytest.mark.parametrize(("tile_bytes", "small_tile_bytes"), [case[1:] for case in TILE_CASES], ids=[case[0] for case in TILE_CASES])
+
+
+@pytest.mark.parametrize(
+    ("tile_bytes", "small_tile_bytes"), [case[1:] for case in TILE_CASES], ids=[case[0] for case in TILE_CASES]
+)
 @pytest.mark.parametrize(
     "options",
     [{}, {"maximize": True}, {"momentum": 0.0}, {"lr": torch.tensor(0.02)}],
@@ -167,9 +173,10 @@ def test_cache_tiling_changes_nothing(
 LAYOUT_CASES = [
     # (desc, parameter factory): layouts that cannot be viewed flat
     ("transposed matrix", lambda g: torch.randn(300, 200, generator=g, dtype=torch.float64).t()),
-    ("channels_last conv weight", lambda g: torch.randn(32, 16, 9, 9, generator=g, dtype=torch.float64).to(
-        memory_format=torch.channels_last
-    )),
+    (
+        "channels_last conv weight",
+        lambda g: torch.randn(32, 16, 9, 9, generator=g, dtype=torch.float64).to(memory_format=torch.channels_last),
+    ),
 ]
 
 
@@ -204,7 +211,9 @@ TILE_BOUND_CASES = [
 
 
 @pytest.mark.parametrize(
-    ("numels", "tile", "small", "expected"), [case[1:] for case in TILE_BOUND_CASES], ids=[case[0] for case in TILE_BOUND_CASES]
+    ("numels", "tile", "small", "expected"),
+    [case[1:] for case in TILE_BOUND_CASES],
+    ids=[case[0] for case in TILE_BOUND_CASES],
 )
 def test_tile_bounds(numels: list[int], tile, small: int, expected: list[tuple[int, int]]) -> None:
     assert functional._tile_bounds(numels, tile, small) == expected
@@ -233,8 +242,16 @@ def test_dispatcher_picks_the_documented_path(monkeypatch: pytest.MonkeyPatch, f
     monkeypatch.setattr(fused_module, "_fused_sgd_sai", lambda *a, **k: called.append("_fused_sgd_sai"))
     p = torch.zeros(3)
     functional.sgd_sai(
-        [p], [torch.ones(3)], [None], [1.0], lr=0.1, momentum=0.9, weight_decay=0.0, maximize=False,
-        foreach=foreach, fused=fused,
+        [p],
+        [torch.ones(3)],
+        [None],
+        [1.0],
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=0.0,
+        maximize=False,
+        foreach=foreach,
+        fused=fused,
     )
     assert called == [implementation]
 
@@ -269,7 +286,7 @@ def test_fused_batches_are_padded_to_powers_of_two(monkeypatch: pytest.MonkeyPat
     params = [torch.nn.Parameter(torch.zeros(2 * fused_module.ROW + i)) for i in range(6)]
     opt = SGDSaI(params, fused=True)
     with fused_module.set_min_numel(2):
-        for step in range(2):
+        for _ in range(2):
             for p in params:
                 p.grad = torch.randn(p.shape)
             opt.step()

@@ -32,7 +32,6 @@ RTOL = 1e-12
 STEPS = 20
 
 
-
 def test_the_pinned_port_versions_are_installed() -> None:
     # The presets reproduce these releases; other versions behave differently (PORTS.md).
     assert importlib.metadata.version("sgd_sai") == "1.0.3"
@@ -143,7 +142,9 @@ def test_sgd_sai_one_output_bias_diverges_and_the_preset_diverges_identically() 
     # The default preset ("sgd-sai") gives that bias G = sqrt(1) and trains, at the port's lr too.
     for preset in ("sgd-sai", "paper"):
         safe, safe_opt, safe_params = _train(
-            lambda: _mlp(outputs=1), lambda p: SGDSaI(p, lr=1e-2, preset=preset), steps=6  # noqa: B023
+            lambda: _mlp(outputs=1),
+            lambda p: SGDSaI(p, lr=1e-2, preset=preset),
+            steps=6,  # noqa: B023
         )
         bias_state = safe_opt.state[safe_params[-1]]
         assert bias_state["scale"] == (1.0 / bias_state["max_gsnr"] if preset == "paper" else 1.0)
@@ -161,10 +162,13 @@ def test_sgd_sai_crashes_with_momentum_zero_where_the_preset_works() -> None:
 
 
 def test_sgd_sai_crashes_on_a_late_gradient_where_the_preset_initializes_it() -> None:
-    for make_opt, expectation in ((sgd_sai.SGD_sai, pytest.raises(KeyError, match="gsnr")), (
-        lambda p: SGDSaI(p, preset="sgd-sai-1.0.3"),
-        contextlib.nullcontext(),
-    )):
+    for make_opt, expectation in (
+        (sgd_sai.SGD_sai, pytest.raises(KeyError, match="gsnr")),
+        (
+            lambda p: SGDSaI(p, preset="sgd-sai-1.0.3"),
+            contextlib.nullcontext(),
+        ),
+    ):
         model = _mlp()
         params = list(model.parameters())
         opt = make_opt(params)
@@ -220,10 +224,13 @@ def test_sgd_sai_recomputes_gsnr_after_resume_where_sgdsai_resumes_exactly() -> 
 
 
 def test_pytorch_optimizer_negates_the_callers_gradient_under_maximize_and_sgdsai_does_not() -> None:
-    for make_opt, negated in ((lambda p: pytorch_optimizer.SGDSaI(p, maximize=True), True), (
-        lambda p: SGDSaI(p, preset="pytorch-optimizer-4", maximize=True),
-        False,
-    )):
+    for make_opt, negated in (
+        (lambda p: pytorch_optimizer.SGDSaI(p, maximize=True), True),
+        (
+            lambda p: SGDSaI(p, preset="pytorch-optimizer-4", maximize=True),
+            False,
+        ),
+    ):
         model = _mlp()
         weight = model[0].weight
         opt = make_opt(model.parameters())

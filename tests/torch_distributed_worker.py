@@ -99,7 +99,11 @@ def _dcp_round_trip(model: torch.nn.Module, opt: torch.optim.Optimizer) -> bool:
     set_optimizer_state_dict(model, fresh, saved)
     for p in model.parameters():
         before, after = opt.state[p], fresh.state[p]
-        if before.keys() != after.keys() or before["scale"] != after["scale"] or before["max_gsnr"] != after["max_gsnr"]:
+        if (
+            before.keys() != after.keys()
+            or before["scale"] != after["scale"]
+            or before["max_gsnr"] != after["max_gsnr"]
+        ):
             return False
         if not torch.equal(before["momentum_buffer"].to_local(), after["momentum_buffer"].to_local()):
             return False

@@ -268,7 +268,11 @@ def sgd_sai_groups(
 
         # The values this can return (scale_by_sai reads them when it cannot call it: the state
         # optax.tree_map_params builds from a placeholder keeps a momentum buffer iff a leaf may).
-        used = settings if callable(param_labels) else {l: settings[l] for l in jax.tree.leaves(param_labels) if l in settings}
+        used = (
+            settings
+            if callable(param_labels)
+            else {label: settings[label] for label in jax.tree.leaves(param_labels) if label in settings}
+        )
         values.choices = tuple(group[key] for group in used.values())  # type: ignore[attr-defined]
         return values
 

@@ -156,7 +156,7 @@ def _examine_leaf(config: SaIConfig, grad: jax.Array, eps: jax.Array, zero: jax.
     return informative, jax.lax.cond(informative, statistic, lambda grad, eps: zero, grad, eps)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _initialization_branches(config: SaIConfig) -> tuple[Callable[[tuple], Any], Callable[[tuple], Any]]:
     """The two branches of the initialization ``lax.cond``, one pair per configuration.
 
@@ -369,7 +369,7 @@ def scale_by_sai(
                 hint = "call init again"
                 if buffer is None and isinstance(mu, jax.Array):
                     # A plain momentum-0 state meets an injected (array) momentum.
-                    hint += ", or keep momentum static: optax.inject_hyperparams(sgd_sai, static_args=(\"momentum\",))"
+                    hint += ', or keep momentum static: optax.inject_hyperparams(sgd_sai, static_args=("momentum",))'
                 raise ValueError(
                     f"Invalid momentum: {mu!r} for leaf {index}, whose state "
                     f"{'has no' if buffer is None else 'has a'} momentum buffer; the state was "

@@ -328,7 +328,13 @@ def _multi_tensor_sgd_sai(
         # gradient (momentum 0, no buffer) instead of negating (and allocating) the gradient.
         flips = [maximize and kind == _NONE for kind in kinds]
         alphas: list[Any] = [step if flip else -step for step, flip in zip(steps, flips)]
-        columns: list[list[Any]] = [local_all(device_params), local_all(device_grads), local_all(buffers), alphas, kinds]
+        columns: list[list[Any]] = [
+            local_all(device_params),
+            local_all(device_grads),
+            local_all(buffers),
+            alphas,
+            kinds,
+        ]
         numels = [t.numel() for t in columns[0]]
         if dtype in _LOW_PRECISION and tile_numel is not None:
             # The float32 scratch holds one tile: no larger, in bytes, than the largest parameter.

@@ -21,9 +21,9 @@ from sai_core import (
     validate_hyperparameters,
 )
 
+from . import _checkpoints, _engines
 from ._functional import sgd_sai
 from ._gsnr import initial_scales
-from . import _checkpoints, _engines
 
 __all__ = ["SGDSaI"]
 

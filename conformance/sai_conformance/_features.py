@@ -65,9 +65,7 @@ def case_features(case: Case) -> set[str]:
             features.add("block absent at step 1, gradient later")
         if present[0] and not all(present):
             features.add("block absent at a later step")
-        magnitudes = [
-            np.max(np.abs(row[block])) for row in case.grads if row[block] is not None and row[block].size
-        ]
+        magnitudes = [np.max(np.abs(row[block])) for row in case.grads if row[block] is not None and row[block].size]
         if magnitudes and max(magnitudes) <= 1e-5 and min(magnitudes) > 0:
             features.add("gradient scale 1e-6")
         if magnitudes and min(magnitudes) >= 1e5:

@@ -55,7 +55,7 @@ class Snapshot:
     step: int
 
     @classmethod
-    def initial(cls, params: Sequence[np.ndarray]) -> "Snapshot":
+    def initial(cls, params: Sequence[np.ndarray]) -> Snapshot:
         """The state before any step: parameters only."""
         count = len(params)
         return cls([np.asarray(p, dtype=np.float64) for p in params], [None] * count, [None] * count, None, 0)

@@ -112,7 +112,10 @@ def compare_snapshots(actual: Snapshot, expected: Snapshot, *, step: int, rtol: 
     mismatches: list[_Mismatch] = []
     if len(actual.params) != len(expected.params):
         return [_Mismatch(step, None, "params", np.inf, np.inf, rtol, "block count differs")]
-    fields = (("params", actual.params, expected.params), ("momentum_buffer", actual.momentum_buffer, expected.momentum_buffer))
+    fields = (
+        ("params", actual.params, expected.params),
+        ("momentum_buffer", actual.momentum_buffer, expected.momentum_buffer),
+    )
     for name, got, want in fields:
         for block, (a, e) in enumerate(zip(got, want)):
             if (a is None) != (e is None):

@@ -37,9 +37,7 @@ class CoreRunner:
     def run(self, case: Case, start: Snapshot, first_step: int, num_steps: int) -> list[Snapshot]:
         xp, dtype = self.xp, self.dtypes[case.dtype]
         hyper = case.hyper_at(first_step)
-        groups = [
-            {"params": [start.params[i] for i in group.params], **h} for group, h in zip(case.groups, hyper)
-        ]
+        groups = [{"params": [start.params[i] for i in group.params], **h} for group, h in zip(case.groups, hyper)]
         opt = ReferenceSGDSaI(groups, preset=case.preset, xp=xp, dtype=dtype, **case.knobs)
         state = opt.state_dict()
         state["state"] = {}

@@ -27,7 +27,7 @@ REQUIRES = ("jax", "optax")
 _NOT_APPLICABLE_ABSENT = (
     "needs an absent gradient: a JAX pytree gives every leaf a gradient at every step (an unused "
     "parameter gets zeros, which leave it uninitialized and untouched under the default "
-    "zero_gradient=\"defer\"; docs/jax.md)"
+    'zero_gradient="defer"; docs/jax.md)'
 )
 
 
@@ -109,15 +109,12 @@ class JaxRunner:
 
             def traced(params, state, grads, arrays):
                 values = [
-                    {**a, "momentum": momentum, "maximize": maximize}
-                    for a, (momentum, maximize) in zip(arrays, static)
+                    {**a, "momentum": momentum, "maximize": maximize} for a, (momentum, maximize) in zip(arrays, static)
                 ]
                 return apply(params, state, grads, values)
 
             self._compiled[key] = jax.jit(traced)
-        arrays = [
-            {name: jnp.asarray(h[name], compute_dtype) for name in ("lr", "weight_decay", "eps")} for h in hyper
-        ]
+        arrays = [{name: jnp.asarray(h[name], compute_dtype) for name in ("lr", "weight_decay", "eps")} for h in hyper]
         return self._compiled[key], arrays
 
     # -- state in and out --------------------------------------------------------------------
@@ -227,4 +224,3 @@ class JaxRunner:
 
 def runners() -> list[JaxRunner]:
     return [JaxRunner("jax", jit=False), JaxRunner("jax-jit", jit=True)]
-
