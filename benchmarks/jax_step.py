@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -122,7 +123,9 @@ def _reset_initialization(state: Any) -> Any:
     def reset(node: Any) -> Any:
         if not isinstance(node, sai_jax.ScaleBySaIState):
             return node
-        return node._replace(count=jnp.zeros_like(node.count), initialized=jax.tree.map(jnp.zeros_like, node.initialized))
+        return node._replace(
+            count=jnp.zeros_like(node.count), initialized=jax.tree.map(jnp.zeros_like, node.initialized)
+        )
 
     return jax.tree.map(reset, state, is_leaf=lambda node: isinstance(node, sai_jax.ScaleBySaIState))
 
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds (each times every row once)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds after compilation")
     parser.add_argument("--check", action="store_true", help="exit with status 1 if a check fails")
+    parser.add_argument("--json", metavar="FILE", help="also write every measured number as JSON")
     args = parser.parse_args(argv)
 
     dtype = jnp.dtype(args.dtype)
@@ -156,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731 - each row owns its buffers
     sai_step = compiled_step(sai)
+    adamw_step = compiled_step(adamw)
     sai_state = sai.init(params)
     sai_state_bytes = nbytes(sai_state)
     adamw_state = adamw.init(params)
@@ -164,18 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         Row("sgd", compiled_step(sgd), copy(params), sgd.init(params)),
         sai_row,
-        Row("adamw", compiled_step(adamw), copy(params), adamw_state),
+        Row("adamw", adamw_step, copy(params), adamw_state),
         Row("stream", jax.jit(stream, donate_argnums=(0, 1)), copy(params), ()),
     ]
     # The first-step row shares the sai row's compiled function and buffers: the state's flags
     # are reset before each timed call, so the very same executable runs the g-SNR branch.
     first = Row("sai first", sai_step, None, None)
+    # Memory a step needs beyond parameters and gradients: its state plus XLA's temporaries (the
+    # sai executable holds both branches of its lax.cond, so this bounds its first step too).
+    temp_bytes = {
+        name: step.lower(params, state, grads).compile().memory_analysis().temp_size_in_bytes
+        for name, step, state in (("sai", sai_step, sai_state), ("adamw", adamw_step, adamw_state))
+    }
     del params
 
-    print(f"jax {jax.__version__}, optax {optax.__version__}, device {jax.devices()[0].device_kind} x{len(jax.devices())}, "
-          f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
-    print(f"GPT-2-shaped tree: {count:,} parameters in {leaves} leaves, {args.dtype}, {param_bytes / 1e6:.1f} MB; "
-          f"jit with donate_argnums=(0, 1) for every row; {args.rounds} interleaved rounds, medians")
+    print(
+        f"jax {jax.__version__}, optax {optax.__version__}, device {jax.devices()[0].device_kind} x{len(jax.devices())}, "
+        f"{platform.processor() or platform.machine()}, python {platform.python_version()}"
+    )
+    print(
+        f"GPT-2-shaped tree: {count:,} parameters in {leaves} leaves, {args.dtype}, {param_bytes / 1e6:.1f} MB; "
+        f"jit with donate_argnums=(0, 1) for every row; {args.rounds} interleaved rounds, medians"
+    )
     started = time.perf_counter()
     for row in rows:  # compile (the sai row compiles once: the first call is the first step)
         row.run(grads, timed=False)
@@ -202,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in timings.items():
         moved = ARRAYS_MOVED.get(name.split()[0], 0) * param_bytes
         bandwidth = f"{moved / row.median / 1e9:7.1f}" if name != "sai first" else "      -"
-        print(f"{name:<10} {1e3 * row.median:10.2f} {1e3 * min(row.times):9.2f} {1e3 * max(row.times):9.2f} {bandwidth}")
+        print(
+            f"{name:<10} {1e3 * row.median:10.2f} {1e3 * min(row.times):9.2f} {1e3 * max(row.times):9.2f} {bandwidth}"
+        )
 
     t = {name: row.median for name, row in timings.items()}
     stream_bandwidth = ARRAYS_MOVED["stream"] * param_bytes / t["stream"]
@@ -217,18 +234,47 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for label, value, limit in checks:
         print(f"{label:<40} {value:8.3f}  (limit {limit:g})  {'PASS' if value <= limit else 'FAIL'}")
-    print(f"{'sai bandwidth / in-place stream bandwidth':<40} {sai_bandwidth / stream_bandwidth:8.3f}  "
-          f"({sai_bandwidth / 1e9:.1f} of {stream_bandwidth / 1e9:.1f} GB/s)")
+    print(
+        f"{'sai bandwidth / in-place stream bandwidth':<40} {sai_bandwidth / stream_bandwidth:8.3f}  "
+        f"({sai_bandwidth / 1e9:.1f} of {stream_bandwidth / 1e9:.1f} GB/s)"
+    )
     # When both steps are bound by memory traffic, their time ratio tends to the ratio of the
     # arrays they move: SaI 5 (p, g, m read; p, m written), AdamW 7 (plus mu, nu read and written).
-    print(f"{'sai / adamw if both are memory-bound':<40} {ARRAYS_MOVED['sai'] / ARRAYS_MOVED['adamw']:8.3f}  "
-          f"(traffic ratio 5/7; adamw reaches {ARRAYS_MOVED['adamw'] * param_bytes / t['adamw'] / stream_bandwidth:.3f} "
-          f"of the stream bandwidth)")
+    print(
+        f"{'sai / adamw if both are memory-bound':<40} {ARRAYS_MOVED['sai'] / ARRAYS_MOVED['adamw']:8.3f}  "
+        f"(traffic ratio 5/7; adamw reaches {ARRAYS_MOVED['adamw'] * param_bytes / t['adamw'] / stream_bandwidth:.3f} "
+        f"of the stream bandwidth)"
+    )
     print()
-    print(f"state bytes: params {param_bytes:,}; sai {sai_state_bytes:,} "
-          f"(params + {sai_state_bytes - param_bytes:,} = {overhead_per_leaf:.2f} B/leaf); "
-          f"adamw {adamw_state_bytes:,} ({adamw_state_bytes / param_bytes:.3f}x params)")
+    print(
+        f"state bytes: params {param_bytes:,}; sai {sai_state_bytes:,} "
+        f"(params + {sai_state_bytes - param_bytes:,} = {overhead_per_leaf:.2f} B/leaf); "
+        f"adamw {adamw_state_bytes:,} ({adamw_state_bytes / param_bytes:.3f}x params)"
+    )
     print(f"(compile {compile_seconds:.1f} s, total {total:.1f} s)")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(
+                {
+                    "meta": {
+                        "jax": jax.__version__,
+                        "optax": optax.__version__,
+                        "device": jax.devices()[0].device_kind,
+                        "platform": jax.devices()[0].platform,
+                        "rounds": args.rounds,
+                        "dtype": args.dtype,
+                    },
+                    "leaves": leaves,
+                    "numel": count,
+                    "param_bytes": param_bytes,
+                    "medians_s": t,
+                    "sai_state_bytes": sai_state_bytes,
+                    "adamw_state_bytes": adamw_state_bytes,
+                    "temp_bytes": temp_bytes,
+                },
+                out,
+                indent=1,
+            )
     failed = [label for label, value, limit in checks if value > limit]
     return 1 if args.check and failed else 0
 

@@ -5,8 +5,10 @@ the way each backend's ``model.fit`` compiles its train step: a ``tf.function`` 
 False, Keras's default on CPU, and True), ``jax.jit`` of ``stateless_apply`` with the state donated
 (as the JAX trainer does), and eager torch (Keras's default for torch). Gradients are fixed random
 tensors, so only the optimizer is timed; the first calls (g-SNR initialization, compilation) are
-warm-up. Rounds alternate between the two optimizers so that background load hits both alike, and
-the ratio of the medians is printed. Each backend runs in its own subprocess (Keras fixes the
+warm-up. Rounds alternate between the two optimizers and an in-place scaling of every variable
+(compiled the same way: the yardstick of the bandwidth fraction) so that background load hits all
+alike, and the ratio of the medians is printed. ``--json FILE`` also writes every number, with the
+optimizer state bytes of SaI, SGD and AdamW (``benchmarks/report.py`` reads it). Each backend runs in its own subprocess (Keras fixes the
 backend per process).
 
 Usage::
@@ -82,10 +84,64 @@ def _make_step(optimizer, variables, grads, mode: str):
     return step
 
 
-def _child(args: argparse.Namespace) -> dict:
+def _make_inplace_pass(variables, mode: str):
+    """One in-place scaling of every variable, compiled as the optimizers are: the yardstick of
+    the bandwidth fraction (it reads and writes each variable once; an SGD step moves 2.5 times
+    that: reads p, g, m and writes p, m)."""
+    import keras
+
+    backend = keras.backend.backend()
+    factors = [2.0, 0.5]  # alternate so that the values stay where they are
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        function = tf.function(lambda c: [v.value.assign(v.value * c) for v in variables], jit_compile=(mode == "xla"))
+
+        def step():
+            factors.reverse()
+            function(tf.constant(factors[0]))
+            variables[0].value.numpy()  # waits for the pass
+
+        return step
+    if backend == "jax":
+        import jax
+
+        scale = jax.jit(lambda values, c: [v * c for v in values], donate_argnums=(0,))
+        state = {"values": [keras.ops.copy(v.value) for v in variables]}
+
+        def step():
+            factors.reverse()
+            state["values"] = scale(state["values"], factors[0])
+            jax.block_until_ready(state["values"])
+
+        return step
+    import torch
+
+    def step():
+        factors.reverse()
+        with torch.no_grad():
+            torch._foreach_mul_([v.value for v in variables], factors[0])
+
+    return step
+
+
+def _state_bytes(optimizer) -> int:
+    """Bytes of the optimizer's variables except the iteration counter and learning rate."""
+    import keras
     import numpy as np
 
+    total = 0
+    for variable in optimizer.variables:
+        if variable.name in ("iteration", "learning_rate"):
+            continue
+        itemsize = np.dtype(keras.backend.standardize_dtype(variable.dtype)).itemsize
+        total += int(np.prod(variable.shape)) * itemsize
+    return total
+
+
+def _child(args: argparse.Namespace) -> dict:
     import keras
+    import numpy as np
 
     from sai_keras import SGDSaI
 
@@ -93,7 +149,22 @@ def _child(args: argparse.Namespace) -> dict:
     modes = {"tensorflow": ("graph", "xla"), "jax": ("jit",), "torch": ("eager",)}[backend]
     shapes = _shapes(args.params, args.width)
     rng = np.random.default_rng(0)
-    results = {"backend": backend, "params": int(sum(np.prod(s) for s in shapes)), "modes": {}}
+    results = {
+        "backend": backend,
+        "params": int(sum(np.prod(s) for s in shapes)),
+        "modes": {},
+        "keras": keras.__version__,
+    }
+    results["param_bytes"] = 4 * results["params"]
+    reference_variables = [keras.Variable(np.zeros(s, "float32")) for s in shapes]
+    for label, optimizer in (
+        ("sgd", keras.optimizers.SGD(LEARNING_RATE, momentum=0.9, weight_decay=WEIGHT_DECAY)),
+        ("sgd_sai", SGDSaI(LEARNING_RATE, momentum=0.9, weight_decay=WEIGHT_DECAY)),
+        ("adamw", keras.optimizers.AdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY)),
+    ):
+        optimizer.build(reference_variables)
+        results[f"{label}_state_bytes"] = _state_bytes(optimizer)
+    del reference_variables
     for mode in modes:
         steps = {}
         for label, factory in (
@@ -103,6 +174,7 @@ def _child(args: argparse.Namespace) -> dict:
             variables = [keras.Variable(rng.standard_normal(s).astype("float32") * 0.01) for s in shapes]
             grads = [keras.ops.convert_to_tensor(rng.standard_normal(s).astype("float32")) for s in shapes]
             steps[label] = _make_step(factory(), variables, grads, mode)
+        steps["inplace"] = _make_inplace_pass(variables, mode)
         for step in steps.values():
             for _ in range(args.warmup):
                 step()
@@ -113,7 +185,16 @@ def _child(args: argparse.Namespace) -> dict:
                 step()
                 times[label].append(time.perf_counter() - started)
         sgd, sai = statistics.median(times["sgd"]), statistics.median(times["sgd_sai"])
-        results["modes"][mode] = {"sgd_ms": 1e3 * sgd, "sgd_sai_ms": 1e3 * sai, "ratio": sai / sgd}
+        inplace = statistics.median(times["inplace"])
+        results["modes"][mode] = {
+            "sgd_ms": 1e3 * sgd,
+            "sgd_sai_ms": 1e3 * sai,
+            "ratio": sai / sgd,
+            "inplace_ms": 1e3 * inplace,
+            # Bandwidth of each step as a fraction of the in-place pass's (2.5x its traffic).
+            "sgd_sai_bandwidth_fraction": 2.5 * inplace / sai,
+            "sgd_bandwidth_fraction": 2.5 * inplace / sgd,
+        }
     return results
 
 
@@ -124,14 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30, help="timed rounds per optimizer")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (compile, g-SNR init)")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated Keras backends")
+    parser.add_argument("--json", metavar="FILE", help="also write every measured number as JSON")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print("KERAS_APPLY_RESULT " + json.dumps(_child(args)), flush=True)
         return 0
-    print(f"optimizer apply, median of {args.repeats} rounds, ~{args.params:.3g} parameters, weight decay {WEIGHT_DECAY}")
+    print(
+        f"optimizer apply, median of {args.repeats} rounds, ~{args.params:.3g} parameters, weight decay {WEIGHT_DECAY}"
+    )
     print(f"{'backend':<11} {'mode':<6} {'params':>10} {'SGD ms':>9} {'SaI ms':>9} {'ratio':>6}")
     failed = False
+    collected = []
     for backend in args.backends.split(","):
         if backend not in BACKENDS:
             parser.error(f"Invalid backend: {backend!r} (expected some of {BACKENDS})")
@@ -143,16 +228,29 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             continue
         result = json.loads(lines[-1].split(" ", 1)[1])
+        collected.append(result)
         for mode, row in result["modes"].items():
             print(
                 f"{backend:<11} {mode:<6} {result['params']:>10,} {row['sgd_ms']:>9.2f} "
                 f"{row['sgd_sai_ms']:>9.2f} {row['ratio']:>6.3f}"
             )
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"repeats": args.repeats, "results": collected}, out, indent=1)
     return 1 if failed else 0
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:
-    return ["--params", str(args.params), "--width", str(args.width), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    return [
+        "--params",
+        str(args.params),
+        "--width",
+        str(args.width),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+    ]
 
 
 if __name__ == "__main__":

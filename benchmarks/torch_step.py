@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import statistics
 import sys
 import time
@@ -40,31 +41,46 @@ from sai_torch import SGDSaI
 
 MiB = 1 << 20
 
+# What --json writes: every number the sections print, keyed by section (benchmarks/report.py reads it).
+RESULTS: dict[str, Any] = {}
+
 
 def gpt2_shapes(layers: int, d_model: int, vocab: int, context: int) -> list[tuple[int, ...]]:
     """Parameter shapes of GPT-2 (Hugging Face layout): 2 + 12 per layer + 2 tensors."""
     shapes: list[tuple[int, ...]] = [(vocab, d_model), (context, d_model)]
     for _ in range(layers):
         shapes += [
-            (d_model,), (d_model,),  # ln_1
-            (d_model, 3 * d_model), (3 * d_model,),  # attn.c_attn
-            (d_model, d_model), (d_model,),  # attn.c_proj
-            (d_model,), (d_model,),  # ln_2
-            (d_model, 4 * d_model), (4 * d_model,),  # mlp.c_fc
-            (4 * d_model, d_model), (d_model,),  # mlp.c_proj
+            (d_model,),
+            (d_model,),  # ln_1
+            (d_model, 3 * d_model),
+            (3 * d_model,),  # attn.c_attn
+            (d_model, d_model),
+            (d_model,),  # attn.c_proj
+            (d_model,),
+            (d_model,),  # ln_2
+            (d_model, 4 * d_model),
+            (4 * d_model,),  # mlp.c_fc
+            (4 * d_model, d_model),
+            (d_model,),  # mlp.c_proj
         ]
     shapes += [(d_model,), (d_model,)]  # ln_f
     return shapes
 
 
-def make_params(shapes: list[tuple[int, ...]], seed: int = 0) -> list[torch.nn.Parameter]:
+def make_params(shapes: list[tuple[int, ...]], seed: int = 0, device: str = "cpu") -> list[torch.nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
     params = []
     for shape in shapes:
-        p = torch.nn.Parameter(0.02 * torch.randn(shape, generator=generator))
-        p.grad = torch.randn(shape, generator=generator)
+        p = torch.nn.Parameter((0.02 * torch.randn(shape, generator=generator)).to(device))
+        p.grad = torch.randn(shape, generator=generator).to(device)
         params.append(p)
     return params
+
+
+def _synchronize() -> None:
+    # CUDA kernels run asynchronously: a step's time ends when the device has finished it.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def quiet_step(opt: torch.optim.Optimizer) -> Callable[[], Any]:
@@ -86,8 +102,10 @@ def interleaved_medians(candidates: dict[str, Callable[[], Any]], steps: int, wa
     for round_index in range(steps):
         order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in order:
+            _synchronize()
             started = time.perf_counter()
             candidates[name]()
+            _synchronize()
             samples[name].append(time.perf_counter() - started)
     return {name: statistics.median(values) for name, values in samples.items()}
 
@@ -130,7 +148,7 @@ def verdict(ok: bool) -> str:
 
 def run_large(args: argparse.Namespace) -> None:
     shapes = gpt2_shapes(args.layers, args.d_model, args.vocab, args.context)
-    params = make_params(shapes)
+    params = make_params(shapes, device=args.device)
     numel = sum(p.numel() for p in params)
     param_bytes = numel * 4
     largest = max(p.numel() for p in params) * 4
@@ -150,7 +168,7 @@ def run_large(args: argparse.Namespace) -> None:
 
         port = sgd_sai.SGD_sai(params)
         candidates["sgd_sai.SGD_sai 1.0.3"] = quiet_step(port)
-    scale_buffer = torch.randn(numel)
+    scale_buffer = torch.randn(numel, device=args.device)
     factors = [2.0, 0.5]  # alternate so that the values stay where they are
 
     def inplace_scale() -> None:
@@ -159,6 +177,12 @@ def run_large(args: argparse.Namespace) -> None:
 
     candidates["in-place scale (bandwidth)"] = inplace_scale
     medians = interleaved_medians(candidates, args.steps, args.warmup)
+    large = RESULTS["large"] = {
+        "tensors": len(params),
+        "numel": numel,
+        "param_bytes": param_bytes,
+        "medians_s": medians,
+    }
     reference = medians["AdamW(fused=True)"]
     scale_time = medians["in-place scale (bandwidth)"]
     print(f"{'candidate':<30} {'median ms':>10} {'x AdamW fused':>14}")
@@ -175,10 +199,13 @@ def run_large(args: argparse.Namespace) -> None:
         print(f"target fused >= 80% of in-place bandwidth: {100 * fraction:.0f}%  {verdict(fraction >= 0.8)}")
     default_fraction = 2.5 * scale_time / medians["SGDSaI default"]
     print(f"(default path: {100 * default_fraction:.0f}% of in-place bandwidth)")
+    if args.no_memory:
+        return
 
     print("\n-- optimizer state --")
     adam_state = state_bytes(adamw)
     sai_state = state_bytes(default)
+    large.update(adamw_state_bytes=adam_state, sai_state_bytes=sai_state)
     per_tensor = (sai_state - param_bytes) / len(params)
     print(f"AdamW:  {adam_state / MiB:9.1f} MiB")
     print(
@@ -215,6 +242,7 @@ def run_large(args: argparse.Namespace) -> None:
         lambda: initial_scales(grads, [1e-8] * len(grads), max_gsnr=None, config=resolve_config()),
     )
     ratio = sai_first / adam_first
+    large.update(sai_first_peak_bytes=sai_first, adamw_first_peak_bytes=adam_first, steady_peak_bytes=steady)
     print(f"target first-step peak <= 50% of AdamW's: {100 * ratio:.1f}%  {verdict(ratio <= 0.5 + 1e-3)}")
     print(f"target steady-step temporaries <= largest parameter: {steady / MiB:.2f} MiB  {verdict(steady <= largest)}")
     print(
@@ -225,7 +253,7 @@ def run_large(args: argparse.Namespace) -> None:
 
 def run_small(args: argparse.Namespace) -> None:
     shapes = [(args.small_side, args.small_side)] * args.small_count
-    params = make_params(shapes, seed=1)
+    params = make_params(shapes, seed=1, device=args.device)
     print(f"\n== {args.small_count} tensors of {args.small_side}x{args.small_side} (overhead-bound) ==")
     candidates: dict[str, Callable[[], Any]] = {"SGDSaI default": SGDSaI(params).step}
     if not args.no_port:
@@ -234,6 +262,7 @@ def run_small(args: argparse.Namespace) -> None:
         candidates["sgd_sai.SGD_sai 1.0.3"] = quiet_step(sgd_sai.SGD_sai(params))
     candidates["AdamW(fused=True)"] = torch.optim.AdamW(params, lr=1e-3, fused=True).step
     medians = interleaved_medians(candidates, args.steps, args.warmup)
+    RESULTS["small"] = {"tensors": args.small_count, "side": args.small_side, "medians_s": medians}
     for name, seconds in medians.items():
         print(f"{name:<30} {seconds * 1e3:>10.2f} ms")
     if not args.no_port:
@@ -256,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fused", action="store_true", help="skip the compiled path")
     parser.add_argument("--no-port", action="store_true", help="skip sgd_sai.SGD_sai")
     parser.add_argument("--only", choices=("large", "small"), help="run one section")
+    parser.add_argument("--device", default="cpu", help="torch device of the parameters (e.g. cuda)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the state and allocation sections")
+    parser.add_argument("--json", metavar="FILE", help="also write every measured number as JSON")
     args = parser.parse_args(argv)
     if args.steps < 7:
         parser.error("--steps must be at least 7 (medians of at least 7 steady steps)")
@@ -269,6 +301,16 @@ def main(argv: list[str] | None = None) -> int:
         run_large(args)
     if args.only in (None, "small"):
         run_small(args)
+    if args.json:
+        RESULTS["meta"] = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(args.device),
+            "steps": args.steps,
+            "quick": args.quick,
+        }
+        with open(args.json, "w") as out:
+            json.dump(RESULTS, out, indent=1)
     return 0
 
 

@@ -31,17 +31,19 @@ from typing import Any
 import keras
 from keras import ops
 
-from sai_core import DEFAULT_HYPERPARAMETERS
-from sai_core import DEFAULT_PRESET
-from sai_core import KNOB_VALUES
-from sai_core import compute_dtype
-from sai_core import is_informative
-from sai_core import raw_gsnr
-from sai_core import resolve_config
-from sai_core import scale_from_gsnr
-from sai_core import update_momentum
-from sai_core import update_param
-from sai_core import validate_hyperparameters
+from sai_core import (
+    DEFAULT_HYPERPARAMETERS,
+    DEFAULT_PRESET,
+    KNOB_VALUES,
+    compute_dtype,
+    is_informative,
+    raw_gsnr,
+    resolve_config,
+    scale_from_gsnr,
+    update_momentum,
+    update_param,
+    validate_hyperparameters,
+)
 
 from . import _ops_namespace as xp
 
@@ -257,17 +259,11 @@ class SGDSaI(keras.optimizers.Optimizer):
         for variable in variables:
             prefix = variable.path.replace("/", "_") if hasattr(variable, "path") else variable.name
             self.scales.append(
-                self.add_variable(
-                    shape=(), dtype=compute_dtype(variable, xp=xp), name=f"{prefix}_gsnr_scale"
-                )
+                self.add_variable(shape=(), dtype=compute_dtype(variable, xp=xp), name=f"{prefix}_gsnr_scale")
             )
-            self.initialized.append(
-                self.add_variable(shape=(), dtype="bool", name=f"{prefix}_gsnr_initialized")
-            )
+            self.initialized.append(self.add_variable(shape=(), dtype="bool", name=f"{prefix}_gsnr_initialized"))
         any_float64 = any(xp.isdtype(v.dtype, xp.float64) for v in variables)
-        self.max_gsnr = self.add_variable(
-            shape=(), dtype=xp.float64 if any_float64 else xp.float32, name="max_gsnr"
-        )
+        self.max_gsnr = self.add_variable(shape=(), dtype=xp.float64 if any_float64 else xp.float32, name="max_gsnr")
         # Which variables decay is fixed here, from the Keras variables (inside update_step the
         # TensorFlow backend passes tf.Variables, whose names differ); the rate is read per trace.
         self._decays = [self._use_weight_decay(v) for v in variables]
@@ -285,7 +281,11 @@ class SGDSaI(keras.optimizers.Optimizer):
         the reshape in ``_backend_update_step``, with the same result.)
         """
         grads = [None if g is None else _dense(g) for g in grads]
-        variables = list(trainable_variables) if trainable_variables is not None else list(getattr(self, "_trainable_variables", []))
+        variables = (
+            list(trainable_variables)
+            if trainable_variables is not None
+            else list(getattr(self, "_trainable_variables", []))
+        )
         if trainable_variables is not None and len(grads) != len(variables):
             raise ValueError(
                 f"Invalid apply: {len(grads)} gradients for {len(variables)} variables (one gradient, or None, per variable)"
@@ -301,11 +301,19 @@ class SGDSaI(keras.optimizers.Optimizer):
     def _direction_sign(self, grad: Any) -> Any:
         return -grad if self.maximize else grad
 
-    def _backend_update_step(self, grads: Sequence[Any], trainable_variables: Sequence[Any], learning_rate: Any) -> None:
+    def _backend_update_step(
+        self, grads: Sequence[Any], trainable_variables: Sequence[Any], learning_rate: Any
+    ) -> None:
         # TensorFlow gives Embedding gradients as tf.IndexedSlices; a reshape to the variable's
         # shape makes them dense (the g-SNR and the buffer are statistics of the whole tensor) and
         # is a no-op for dense gradients on every backend.
         grads = [ops.reshape(g, tuple(v.shape)) for g, v in zip(grads, trainable_variables)]
+        if keras.backend.backend() == "torch":
+            # Eager torch: sai_torch's multi-tensor kernels instead of a keras.ops loop per variable.
+            from ._torch_backend import torch_update_step
+
+            torch_update_step(self, grads, trainable_variables, learning_rate)
+            return
         if hasattr(super(), "_distributed_tf_update_step"):
             # TensorFlow: the gradients are all-reduced (tf.distribute) inside the backend's
             # _backend_update_step, which then calls the hook below; the g-SNR must see them.
@@ -334,8 +342,11 @@ class SGDSaI(keras.optimizers.Optimizer):
             )
 
     def _update_variable_for_update(self, variable: Any, grad: Any, learning_rate: Any, gate: Any) -> None:
-        # tf.distribute's extended.update passes the variable first.
-        self._update_variable(grad, variable, learning_rate, gate)
+        # tf.distribute's extended.update passes the variable first. In a graph without XLA the
+        # update branches on the gate instead of selecting (see sai_keras._tensorflow_backend).
+        from ._tensorflow_backend import update_variable
+
+        update_variable(self, grad, variable, learning_rate, gate)
 
     def _initialize_scales(self, grads: Sequence[Any], variables: Sequence[Any]) -> list[tuple[Any, Any]]:
         """Initializes every variable of this call whose gradient is its first informative one.
@@ -451,8 +462,11 @@ class SGDSaI(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         dtype = compute_dtype(variable, xp=xp)
         grad = self._direction_sign(ops.cast(gradient, dtype))
-        grad = ops.where(active, grad, ops.zeros((), dtype=dtype))
-        lr = ops.where(active, ops.cast(learning_rate, dtype), ops.zeros((), dtype=dtype))
+        if active is True:  # the caller branched on the gate already (sai_keras._tensorflow_backend)
+            lr = ops.cast(learning_rate, dtype)
+        else:
+            grad = ops.where(active, grad, ops.zeros((), dtype=dtype))
+            lr = ops.where(active, ops.cast(learning_rate, dtype), ops.zeros((), dtype=dtype))
         if self.momentum != 0:
             buffer = self.momentums[index]
             direction = update_momentum(
@@ -530,6 +544,8 @@ def _variable_name(variable: Any) -> str:
 def _static_shape(value: Any) -> tuple[int | None, ...] | None:
     """The static shape of a tensor, array or variable (``None`` where unknown, as in TF graphs)."""
     shape = getattr(value, "shape", None)
+    if shape is None:
+        return None
     try:
         return tuple(None if d is None else int(d) for d in shape)
     except (TypeError, ValueError):  # no shape, or a TensorShape of unknown rank
@@ -576,9 +592,7 @@ def _exclusion_names(names: Any) -> list[str]:
     if names is None:
         return []
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        raise ValueError(
-            f"Invalid exclude_from_weight_decay: {names!r} (expected a list of variable-name strings)"
-        )
+        raise ValueError(f"Invalid exclude_from_weight_decay: {names!r} (expected a list of variable-name strings)")
     return list(names)
 
 

@@ -30,15 +30,25 @@ class TorchRunner:
         fused: the optimizer's ``fused`` flag.
         kernel_min_numel: for the fused runner, the smallest tensor sent through the compiled
             kernel (the golden blocks are tiny; the default threshold would skip them all).
+        device: the torch device the case runs on (default ``"cpu"``; the GPU check uses ``"cuda"``).
     """
 
-    def __init__(self, name: str, *, foreach: bool | None, fused: bool | None, kernel_min_numel: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        foreach: bool | None,
+        fused: bool | None,
+        kernel_min_numel: int | None = None,
+        device: str = "cpu",
+    ) -> None:
         import torch
 
         self.name = name
         self.foreach = foreach
         self.fused = fused
         self.kernel_min_numel = kernel_min_numel
+        self.device = device  # where parameters, gradients and buffers live (the GPU check: "cuda")
         self.dtypes = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
     def not_applicable(self, case: Case) -> str | None:
@@ -59,7 +69,11 @@ class TorchRunner:
         from sai_torch import SGDSaI
 
         dtype = self.dtypes[case.dtype]
-        params = [torch.nn.Parameter(torch.from_numpy(np.array(p, dtype=np.float64)).to(dtype)) for p in start.params]
+        device = self.device
+        params = [
+            torch.nn.Parameter(torch.from_numpy(np.array(p, dtype=np.float64)).to(device=device, dtype=dtype))
+            for p in start.params
+        ]
         groups = [
             {"params": [params[i] for i in group.params], **hyper}
             for group, hyper in zip(case.groups, case.hyper_at(first_step))
@@ -72,7 +86,9 @@ class TorchRunner:
                 entry["scale"] = start.scale[i]
                 entry["max_gsnr"] = start.max_gsnr
             if start.momentum_buffer[i] is not None:
-                entry["momentum_buffer"] = torch.from_numpy(np.array(start.momentum_buffer[i])).to(dtype)
+                entry["momentum_buffer"] = torch.from_numpy(np.array(start.momentum_buffer[i])).to(
+                    device=device, dtype=dtype
+                )
             if entry:
                 saved["state"][i] = entry
         opt.load_state_dict(saved)
@@ -82,7 +98,9 @@ class TorchRunner:
                 for group, hyper in zip(opt.param_groups, case.hyper_at(step)):
                     group.update(hyper)
                 for param, grad in zip(params, case.grads[step]):
-                    param.grad = None if grad is None else torch.from_numpy(np.array(grad)).to(dtype)
+                    param.grad = (
+                        None if grad is None else torch.from_numpy(np.array(grad)).to(device=device, dtype=dtype)
+                    )
                 with warnings.catch_warnings():
                     # Non-finite first gradients are part of the cases; their warning is expected.
                     warnings.simplefilter("ignore", NonFiniteGradientWarning)
