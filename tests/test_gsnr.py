@@ -11,7 +11,6 @@ makes the gradient ``target``): ``sum(d) = 0`` and ``sum(d^2) = n``, so ``||g||^
 from __future__ import annotations
 
 import dataclasses
-import doctest
 import json
 import math
 import subprocess
@@ -25,8 +24,6 @@ import optax
 import pytest
 import torch
 
-import sai_demo._cli
-import sai_gsnr._render
 from sai_gsnr._cli import main
 from sai_jax import gsnr_report as jax_gsnr_report
 from sai_jax import scale_report as jax_scale_report
@@ -392,10 +389,3 @@ def test_console_script_imports_only_the_framework_it_needs(tmp_path):
             [sys.executable, "-c", probe, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120
         )
         assert done.stdout.splitlines()[-1] == f"@@ 0 {imported}", done.stdout + done.stderr
-
-
-def test_renderer_and_demo_doctests():
-    # sai_gsnr and sai_demo are outside the suite's doctest paths (sai_core, backends): run them here.
-    for module in (sai_gsnr._render, sai_demo._cli):
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-        assert result.failed == 0 and result.attempted > 0, module.__name__
