@@ -42,8 +42,8 @@ bench: $(STAMP)
 
 # make paper-check: the paper's claims measured at CPU scale (sai_paper/): 3 tasks x 4 optimizers x 7 learning
 # rates x 3 seeds, torch only, 2 worker processes of 1 thread; writes docs/paper-check.md and its charts
-# (docs/paper_*.png). Measured: 23 minutes wall time (2 shared cores, load average 2.8 to 6.2 during the run;
-# the page records its own); budget 35 minutes. `make paper-check PAPER_ARGS=--quick`: a short version (about 1 minute).
+# (docs/paper_*.png). Measured: 13.6 minutes wall time (2 cores, load average 1.9; 23 minutes with other jobs
+# at load 2.8 to 6.2; the page records its own); budget 35 minutes. `make paper-check PAPER_ARGS=--quick`: a short version (about 1 minute).
 .PHONY: paper-check
 paper-check: $(STAMP)
 	$(PY) -m sai_paper $(PAPER_ARGS)
