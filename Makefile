@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache demo-output
 
 # make bench: every benchmark of benchmarks/, 3 interleaved runs, medians; writes docs/benchmarks.md
 # and its charts (docs/benchmarks_*.png). About 10 minutes on 2 cores. The GPU check is separate:
