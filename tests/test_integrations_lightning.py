@@ -23,6 +23,7 @@ pytest.importorskip("lightning")
 import lightning as L
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch_helpers import one_torch_thread
 
 from sai_torch import SGDSaI
 
@@ -57,12 +58,8 @@ class Regressor(L.LightningModule):
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
-    """One intra-op thread: the fastest for these tiny tensors, and immune to OpenMP spin-waiting
-    when other processes share the 2 cores (10-100x slower otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def _loader() -> torch.utils.data.DataLoader[Any]:

@@ -18,6 +18,7 @@ import pytest
 
 pytest.importorskip("torch")
 import torch
+from torch_helpers import one_torch_thread
 
 from sai_torch import SGDSaI
 
@@ -45,12 +46,8 @@ REFUSED = [
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
-    """One intra-op thread: the fastest for these tiny tensors, and immune to OpenMP spin-waiting
-    when other processes share the 2 cores (10-100x slower otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def _model() -> torch.nn.Sequential:

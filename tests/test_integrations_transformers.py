@@ -21,6 +21,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers.Trainer refuses to run without it
 import torch
+from torch_helpers import one_torch_thread
 
 from sai_torch import SGDSaI
 
@@ -36,13 +37,10 @@ def hub_offline_one_thread() -> Iterator[None]:
     tensors, and immune to OpenMP spin-waiting when other processes share the 2 cores (10-100x)."""
     import huggingface_hub.constants
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
+    with one_torch_thread(), pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
         patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
         yield
-    torch.set_num_threads(threads)
 
 
 def _tiny_gpt2() -> Any:

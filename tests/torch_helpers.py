@@ -1,8 +1,23 @@
-"""Comparison helpers shared by the torch tests."""
+"""Helpers shared by the torch tests."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread, restored afterwards: the fastest for tiny tensors, and immune to OpenMP
+    spin-waiting when other processes share the 2 cores (10-100x slower otherwise)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def assert_normwise_close(got: torch.Tensor, want: torch.Tensor, rtol: float, what: str = "") -> None:
