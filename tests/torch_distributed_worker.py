@@ -120,6 +120,9 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         results["fsdp_scales_by_rank"] = [g["fsdp_scales"] for g in gathered]
         if rank == 0:
             torch.save(results, out)
+        # No rank tears gloo down while another is still inside it: tearing down early aborted a
+        # rank now and then ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -167,6 +170,7 @@ def _fsdp1_worker(rank: int, init_file: str, out: str) -> None:
         dist.all_gather_object(gathered, _fsdp1(rank))
         if rank == 0:
             torch.save(gathered, out)
+        dist.barrier()  # as in _worker
     finally:
         dist.destroy_process_group()
 
